@@ -205,7 +205,11 @@ impl RepoKeys {
     pub fn object_key(&self, kind: u8, object_id: &[u8; 32]) -> SealingKey {
         let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &self.meta_root[..]);
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        expand(&prk, &[labels::OBJECT_KEY, &[kind], object_id], &mut key[..]);
+        expand(
+            &prk,
+            &[labels::OBJECT_KEY, &[kind], object_id],
+            &mut key[..],
+        );
         SealingKey::new(&key)
     }
 }
@@ -222,7 +226,11 @@ mod tests {
     fn debug_is_redacted() {
         let key = k(0x42);
         let keys = RepoKeys::derive(&key, &[0; 16]);
-        for s in [format!("{key:?}"), format!("{keys:?}"), format!("{:?}", keys.chunk_id_key())] {
+        for s in [
+            format!("{key:?}"),
+            format!("{keys:?}"),
+            format!("{:?}", keys.chunk_id_key()),
+        ] {
             assert!(s.contains("redacted"), "{s}");
             assert!(!s.contains("42"), "{s}");
         }

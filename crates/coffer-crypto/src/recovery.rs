@@ -62,10 +62,13 @@ impl RecoveryKey {
                 continue;
             }
             let Some(v) = c.to_digit(16) else {
-                return Err(ParseRecoveryKeyError::InvalidCharacter { found: c, position: pos + 1 });
+                return Err(ParseRecoveryKeyError::InvalidCharacter {
+                    found: c,
+                    position: pos + 1,
+                });
             };
             if digits < 2 * KEY_LEN {
-                bytes[digits / 2] |= (v as u8) << if digits % 2 == 0 { 4 } else { 0 };
+                bytes[digits / 2] |= (v as u8) << if digits.is_multiple_of(2) { 4 } else { 0 };
             }
             digits += 1;
         }
@@ -94,16 +97,24 @@ mod tests {
         assert_eq!(groups.len(), 16);
         assert!(groups.iter().all(|g| g.len() == 4));
         assert_eq!(groups[0], "0109");
-        assert!(s.chars().all(|c| c == ' ' || c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert!(s
+            .chars()
+            .all(|c| c == ' ' || c.is_ascii_digit() || ('a'..='f').contains(&c)));
     }
 
     #[test]
     fn errors_name_the_problem() {
         assert_eq!(
             RecoveryKey::parse("abcd xyz").unwrap_err(),
-            ParseRecoveryKeyError::InvalidCharacter { found: 'x', position: 6 }
+            ParseRecoveryKeyError::InvalidCharacter {
+                found: 'x',
+                position: 6
+            }
         );
-        assert_eq!(RecoveryKey::parse("abcd").unwrap_err(), ParseRecoveryKeyError::WrongLength(4));
+        assert_eq!(
+            RecoveryKey::parse("abcd").unwrap_err(),
+            ParseRecoveryKeyError::WrongLength(4)
+        );
         assert_eq!(
             RecoveryKey::parse(&"a".repeat(65)).unwrap_err(),
             ParseRecoveryKeyError::WrongLength(65)

@@ -1,0 +1,350 @@
+//! Arguments, commands and exit codes.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use coffer_client::{
+    BackupSources, Coffer, KeepPolicy, Progress, RecoveryKey, RepoError, RestoreOptions,
+};
+
+use crate::output::{self, Ticker};
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// Any other error (storage, local files, …).
+pub const EXIT_OTHER: u8 = 1;
+/// Bad command line.
+pub const EXIT_USAGE: u8 = 2;
+/// Wrong recovery key (or password).
+pub const EXIT_WRONG_KEY: u8 = 3;
+/// Integrity failure: stored data failed authentication or is missing.
+pub const EXIT_INTEGRITY: u8 = 4;
+/// Key erased or locked in the vault.
+#[allow(dead_code)]
+pub const EXIT_KEY_ERASED: u8 = 5;
+
+/// End-to-end encrypted backups of app databases and media.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, about, long_about = None)]
+pub struct Args {
+    /// Repository location (a local path). Also from COFFER_REPO.
+    #[arg(long, global = true, env = "COFFER_REPO")]
+    repo: Option<String>,
+    /// Read the recovery key from this file (else COFFER_RECOVERY_KEY, else a prompt).
+    #[arg(long, global = true, value_name = "FILE")]
+    recovery_key_file: Option<PathBuf>,
+    /// Print a JSON summary on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log what happens (to stderr).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a repository and print its recovery key, once.
+    Init,
+    /// Back up SQLite databases (consistently, while the app runs) and paths.
+    Backup {
+        /// A SQLite database to capture with SQLite's online backup API (repeatable).
+        #[arg(long = "db", value_name = "SQLITE-FILE")]
+        dbs: Vec<PathBuf>,
+        /// Re-read every file, even those unchanged since the last snapshot.
+        #[arg(long)]
+        force: bool,
+        /// Files and directories to back up.
+        paths: Vec<PathBuf>,
+    },
+    /// List snapshots.
+    Snapshots,
+    /// Restore a snapshot (or one path, or the databases) into a directory.
+    Restore {
+        /// Snapshot id (or a unique prefix), or `latest`.
+        snapshot: String,
+        /// Directory to restore into (created if missing).
+        #[arg(long)]
+        target: PathBuf,
+        /// Restore only this path of the snapshot (as it was backed up).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Restore only the SQLite databases.
+        #[arg(long, conflicts_with = "path")]
+        db_only: bool,
+    },
+    /// Check the repository; with --read-data also read back the data.
+    Verify {
+        /// Read back all packs, or a percentage of them chosen at random (e.g. --read-data=10).
+        #[arg(long, value_name = "PERCENT", num_args = 0..=1, require_equals = true, default_missing_value = "100")]
+        read_data: Option<String>,
+    },
+    /// Forget snapshots by a retention policy, and with --prune delete unused data.
+    Forget {
+        /// Keep the N newest snapshots.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: usize,
+        /// Keep the newest snapshot of each of the N newest days.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_daily: usize,
+        /// Keep the newest snapshot of each of the N newest weeks.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_weekly: usize,
+        /// Keep the newest snapshot of each of the N newest months.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_monthly: usize,
+        /// Also delete the data no remaining snapshot needs.
+        #[arg(long)]
+        prune: bool,
+        /// Show what would be forgotten; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete data no snapshot needs (never data a running backup needs).
+    Prune,
+}
+
+/// Maps an error to the documented exit code.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(r) = cause.downcast_ref::<RepoError>() {
+            return match r {
+                RepoError::WrongKey { .. } => EXIT_WRONG_KEY,
+                RepoError::Integrity { .. } => EXIT_INTEGRITY,
+                _ => EXIT_OTHER,
+            };
+        }
+        if cause
+            .downcast_ref::<coffer_crypto::ParseRecoveryKeyError>()
+            .is_some()
+        {
+            return EXIT_WRONG_KEY;
+        }
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return EXIT_USAGE;
+        }
+        if cause.downcast_ref::<IntegrityFailure>().is_some() {
+            return EXIT_INTEGRITY;
+        }
+    }
+    EXIT_OTHER
+}
+
+/// A bad command line found after parsing (exit code 2).
+#[derive(Debug)]
+struct UsageError(String);
+
+/// A check that found damage (exit code 4).
+#[derive(Debug)]
+struct IntegrityFailure(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+impl std::fmt::Display for IntegrityFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for IntegrityFailure {}
+
+fn repo_location(args: &Args) -> anyhow::Result<String> {
+    args.repo.clone().ok_or_else(|| {
+        anyhow!(UsageError(
+            "no repository given: pass --repo <path> or set COFFER_REPO".into()
+        ))
+    })
+}
+
+fn read_key(args: &Args) -> anyhow::Result<coffer_client::BackupKey> {
+    let text: Zeroizing<String> = if let Ok(k) = std::env::var("COFFER_RECOVERY_KEY") {
+        Zeroizing::new(k)
+    } else if let Some(f) = &args.recovery_key_file {
+        Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the recovery key file {}", f.display()))?,
+        )
+    } else if std::io::stdin().is_terminal() {
+        Zeroizing::new(
+            rpassword::prompt_password("Recovery key: ")
+                .context("cannot read the recovery key from the terminal")?,
+        )
+    } else {
+        return Err(anyhow!(UsageError(
+            "no recovery key: set COFFER_RECOVERY_KEY, pass --recovery-key-file <file>, or run on a terminal".into()
+        )));
+    };
+    RecoveryKey::parse(&text).map_err(|e| anyhow!(e).context("that is not a valid recovery key"))
+}
+
+fn open(args: &Args) -> anyhow::Result<Coffer> {
+    let location = repo_location(args)?;
+    let key = read_key(args)?;
+    Ok(Coffer::open(&location, &key)?)
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    match &args.cmd {
+        Command::Init => {
+            let location = repo_location(&args)?;
+            let (rk, id) = Coffer::init_with_recovery_key(&location)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "recovery_key": rk.expose_secret() })
+                );
+            } else {
+                println!("Created repository {} at {location}.\n", hex_short(&id));
+                println!(
+                    "Your recovery key (shown only this once; write it down and keep it safe):\n"
+                );
+                println!("    {}\n", rk.expose_secret());
+                println!("Anyone with this key can read these backups. Without it nobody can, not even you.");
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Backup { dbs, force, paths } => {
+            if dbs.is_empty() && paths.is_empty() {
+                return Err(anyhow!(UsageError(
+                    "nothing to back up: give paths and/or --db <sqlite-file>".into()
+                )));
+            }
+            let mut coffer = open(&args)?;
+            let progress = std::sync::Arc::new(Progress::default());
+            let ticker = Ticker::start(&progress, output::Kind::Backup, args.json);
+            let res = coffer.backup(
+                &BackupSources {
+                    paths: paths.clone(),
+                    databases: dbs.clone(),
+                },
+                *force,
+                &progress,
+            );
+            ticker.finish();
+            let outcome = res?;
+            output::backup_summary(&outcome, args.json);
+            Ok(if outcome.warnings.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_OTHER
+            })
+        }
+        Command::Snapshots => {
+            let coffer = open(&args)?;
+            output::snapshots(&coffer.snapshots()?, args.json);
+            Ok(EXIT_OK)
+        }
+        Command::Restore {
+            snapshot,
+            target,
+            path,
+            db_only,
+        } => {
+            let coffer = open(&args)?;
+            let progress = std::sync::Arc::new(Progress::default());
+            let ticker = Ticker::start(&progress, output::Kind::Restore, args.json);
+            let res = coffer.restore(
+                snapshot,
+                target,
+                RestoreOptions {
+                    path: path.clone(),
+                    databases_only: *db_only,
+                    workers: 0,
+                },
+                &progress,
+            );
+            ticker.finish();
+            let (id, summary) = res?;
+            output::restore_summary(&id, &summary, target, args.json);
+            if summary.failures.is_empty() {
+                Ok(EXIT_OK)
+            } else {
+                Err(anyhow!(IntegrityFailure(format!(
+                    "restore incomplete: {} file(s) failed and were not written (see above)",
+                    summary.failures.len()
+                ))))
+            }
+        }
+        Command::Verify { read_data } => {
+            let pct = match read_data {
+                None => None,
+                Some(s) => {
+                    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| {
+                        anyhow!(UsageError(format!(
+                            "--read-data takes a percentage, got {s:?}"
+                        )))
+                    })?;
+                    if !(0.0..=100.0).contains(&v) {
+                        return Err(anyhow!(UsageError(format!(
+                            "--read-data percentage must be 0..100, got {v}"
+                        ))));
+                    }
+                    Some(v)
+                }
+            };
+            let coffer = open(&args)?;
+            let progress = std::sync::Arc::new(Progress::default());
+            let ticker = Ticker::start(&progress, output::Kind::Verify, args.json);
+            let res = coffer.verify(pct, &progress);
+            ticker.finish();
+            let s = res?;
+            output::verify_summary(&s, args.json);
+            if s.errors.is_empty() {
+                Ok(EXIT_OK)
+            } else {
+                Err(anyhow!(IntegrityFailure(format!(
+                    "the repository has {} problem(s)",
+                    s.errors.len()
+                ))))
+            }
+        }
+        Command::Forget {
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            prune,
+            dry_run,
+        } => {
+            let policy = KeepPolicy {
+                last: *keep_last,
+                daily: *keep_daily,
+                weekly: *keep_weekly,
+                monthly: *keep_monthly,
+            };
+            if policy.is_empty() {
+                return Err(anyhow!(UsageError(
+                    "forget needs a policy: --keep-last, --keep-daily, --keep-weekly or --keep-monthly".into()
+                )));
+            }
+            let mut coffer = open(&args)?;
+            let (kept, gone) = coffer.forget(&policy, *dry_run)?;
+            let pruned = if *prune && !*dry_run {
+                Some(coffer.prune()?)
+            } else {
+                None
+            };
+            output::forget_summary(&kept, &gone, pruned.as_ref(), *dry_run, args.json);
+            Ok(EXIT_OK)
+        }
+        Command::Prune => {
+            let mut coffer = open(&args)?;
+            let s = coffer.prune()?;
+            output::forget_summary(&[], &[], Some(&s), false, args.json);
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn hex_short(id: &[u8; 16]) -> String {
+    id[..4].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,751 @@
+//! Backup: walk the sources, chunk, deduplicate, compress, encrypt, pack,
+//! upload; then index, then snapshot — in that order, so a crash at any
+//! moment leaves a repository that verifies and a next run that reuses every
+//! pack already indexed.
+//!
+//! Threads: the calling thread walks, reads, chunks and hashes; `workers`
+//! threads compress; one packer thread encrypts into packs; one uploader
+//! thread writes packs and index checkpoints. All channels are bounded.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::chunker::Chunker;
+use crate::format::pack::{pack_name, PackWriter};
+use crate::format::types::{
+    encode, BackupSummary, BlobKind, Compression, DatabaseEntry, IndexFile, IndexPack, Node,
+    NodeKind, Snapshot, Tree,
+};
+use crate::format::Kind;
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repo::{now_ns, Repository};
+use crate::session::Session;
+use crate::{RepoError, Result};
+
+/// Packs per index checkpoint: a killed backup loses at most this many packs'
+/// worth of upload (the next run reuses everything indexed before).
+pub const CHECKPOINT_PACKS: usize = 16;
+
+/// What to back up.
+#[derive(Debug, Clone, Default)]
+pub struct BackupSources {
+    /// Files and directories.
+    pub paths: Vec<PathBuf>,
+    /// SQLite databases, captured consistently.
+    pub databases: Vec<PathBuf>,
+}
+
+/// How to back up.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Re-read every file even if unchanged since the parent snapshot.
+    pub force_full: bool,
+    /// Host name recorded in the snapshot.
+    pub hostname: String,
+    /// Compression threads.
+    pub workers: usize,
+    /// Where SQLite images are staged.
+    pub staging_dir: PathBuf,
+}
+
+/// The result of a backup.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    /// The new snapshot's id.
+    pub id: Id,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Paths that could not be read, with why.
+    pub warnings: Vec<String>,
+}
+
+struct Job {
+    id: Id,
+    kind: BlobKind,
+    data: Vec<u8>,
+}
+
+struct Compressed {
+    id: Id,
+    kind: BlobKind,
+    compression: Compression,
+    raw_len: u32,
+    data: Vec<u8>,
+}
+
+struct FinishedPack {
+    id: Id,
+    kind: BlobKind,
+    bytes: Vec<u8>,
+    blobs: Vec<crate::format::types::BlobLocation>,
+}
+
+enum Source {
+    Path(PathBuf),
+    Database { original: PathBuf, image: PathBuf },
+}
+
+#[derive(Default)]
+struct VDir {
+    children: BTreeMap<Vec<u8>, VEntry>,
+}
+
+enum VEntry {
+    Dir(VDir),
+    Source(Source),
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).map_err(|e| RepoError::local(p, e))
+}
+
+fn insert_source(root: &mut VDir, abs: &Path, src: Source) {
+    let comps: Vec<Vec<u8>> = abs
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(s) => Some(s.as_bytes().to_vec()),
+            _ => None,
+        })
+        .collect();
+    let mut dir = root;
+    for (i, c) in comps.iter().enumerate() {
+        if i + 1 == comps.len() {
+            dir.children.insert(c.clone(), VEntry::Source(src));
+            return;
+        }
+        let entry = dir
+            .children
+            .entry(c.clone())
+            .or_insert_with(|| VEntry::Dir(VDir::default()));
+        match entry {
+            VEntry::Dir(d) => dir = d,
+            // An enclosing path is already a source: it covers this one.
+            VEntry::Source(_) => return,
+        }
+    }
+}
+
+fn times(meta: &fs::Metadata) -> (i64, i64) {
+    (
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+    )
+}
+
+fn node_from(name: Vec<u8>, meta: &fs::Metadata, kind: NodeKind) -> Node {
+    let (mtime_ns, ctime_ns) = times(meta);
+    Node {
+        name,
+        kind,
+        mode: meta.mode() & 0o7777,
+        mtime_ns,
+        ctime_ns,
+        inode: meta.ino(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+    }
+}
+
+struct Walker<'a> {
+    repo: &'a Repository,
+    opts: &'a BackupOptions,
+    progress: &'a Progress,
+    file_chunker: Chunker,
+    db_chunker: Chunker,
+    jobs: Sender<Job>,
+    claimed: HashSet<Id>,
+    skip: HashSet<PathBuf>,
+    summary: BackupSummary,
+    warnings: Vec<String>,
+}
+
+impl Walker<'_> {
+    fn is_stored(&mut self, id: &Id) -> Result<bool> {
+        Ok(self.claimed.contains(id) || self.repo.cache.has_live_blob(id)?)
+    }
+
+    fn submit(&mut self, id: Id, kind: BlobKind, data: &[u8]) -> Result<()> {
+        if self.is_stored(&id)? {
+            return Ok(());
+        }
+        self.claimed.insert(id);
+        self.summary.bytes_new += data.len() as u64;
+        self.jobs
+            .send(Job {
+                id,
+                kind,
+                data: data.to_vec(),
+            })
+            .map_err(|_| RepoError::Internal("the compression workers stopped".into()))
+    }
+
+    fn warn(&mut self, path: &Path, what: impl std::fmt::Display) {
+        let msg = format!("{}: {what}", path.display());
+        tracing::warn!("{msg}");
+        self.warnings.push(msg);
+        self.summary.errors += 1;
+    }
+
+    fn save_tree(&mut self, mut tree: Tree) -> Result<Id> {
+        tree.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let bytes = encode(&tree);
+        let id = Id(self.repo.keys().chunk_id_key().id(&bytes));
+        self.submit(id, BlobKind::Tree, &bytes)?;
+        Ok(id)
+    }
+
+    fn parent_tree(&self, parent: Option<&Node>) -> Option<Tree> {
+        match parent.map(|n| &n.kind) {
+            Some(NodeKind::Dir { subtree }) => self.repo.read_tree(subtree).ok(),
+            _ => None,
+        }
+    }
+
+    fn walk_vdir(&mut self, path: &Path, dir: VDir, parent: Option<Tree>) -> Result<Tree> {
+        let mut tree = Tree::default();
+        for (name, entry) in dir.children {
+            let child_path = path.join(std::ffi::OsString::from_vec(name.clone()));
+            let parent_node = parent
+                .as_ref()
+                .and_then(|t| t.nodes.iter().find(|n| n.name == name));
+            let node = match entry {
+                VEntry::Dir(sub) => {
+                    let meta = match fs::metadata(&child_path) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            self.warn(&child_path, e);
+                            continue;
+                        }
+                    };
+                    let sub_parent = self.parent_tree(parent_node);
+                    let subtree = self.walk_vdir(&child_path, sub, sub_parent)?;
+                    self.summary.dirs += 1;
+                    node_from(
+                        name,
+                        &meta,
+                        NodeKind::Dir {
+                            subtree: self.save_tree(subtree)?,
+                        },
+                    )
+                }
+                VEntry::Source(Source::Path(p)) => match self.entry(&p, name, parent_node)? {
+                    Some(n) => n,
+                    None => continue,
+                },
+                VEntry::Source(Source::Database { original, image }) => {
+                    match self.database(&original, &image, name)? {
+                        Some(n) => n,
+                        None => continue,
+                    }
+                }
+            };
+            tree.nodes.push(node);
+        }
+        Ok(tree)
+    }
+
+    fn entry(&mut self, path: &Path, name: Vec<u8>, parent: Option<&Node>) -> Result<Option<Node>> {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(path, e);
+                return Ok(None);
+            }
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            let sub_parent = self.parent_tree(parent);
+            let mut entries = match fs::read_dir(path) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().into_vec())
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    self.warn(path, e);
+                    return Ok(None);
+                }
+            };
+            entries.sort();
+            let mut tree = Tree::default();
+            for child in entries {
+                let child_path = path.join(std::ffi::OsStr::from_bytes(&child));
+                if self.skip.contains(&child_path) {
+                    continue;
+                }
+                let pn = sub_parent
+                    .as_ref()
+                    .and_then(|t| t.nodes.iter().find(|n| n.name == child));
+                if let Some(n) = self.entry(&child_path, child, pn)? {
+                    tree.nodes.push(n);
+                }
+            }
+            self.summary.dirs += 1;
+            let subtree = self.save_tree(tree)?;
+            Ok(Some(node_from(name, &meta, NodeKind::Dir { subtree })))
+        } else if ft.is_file() {
+            self.summary.files += 1;
+            self.summary.total_bytes += meta.len();
+            let (mtime, ctime) = times(&meta);
+            if !self.opts.force_full {
+                if let Some(p) = parent {
+                    if let NodeKind::File { size, chunks } = &p.kind {
+                        if *size == meta.len()
+                            && p.mtime_ns == mtime
+                            && p.ctime_ns == ctime
+                            && p.inode == meta.ino()
+                        {
+                            let chunks = chunks.clone();
+                            let mut all = true;
+                            for c in &chunks {
+                                if !self.is_stored(c)? {
+                                    all = false;
+                                    break;
+                                }
+                            }
+                            if all {
+                                Progress::add(&self.progress.files, 1);
+                                return Ok(Some(node_from(
+                                    name,
+                                    &meta,
+                                    NodeKind::File {
+                                        size: meta.len(),
+                                        chunks,
+                                    },
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+            match self.read_file(path, false)? {
+                Some((size, chunks)) => {
+                    if size != meta.len() {
+                        self.warn(path, "changed while it was read; saved as read");
+                    }
+                    Ok(Some(node_from(
+                        name,
+                        &meta,
+                        NodeKind::File { size, chunks },
+                    )))
+                }
+                None => Ok(None),
+            }
+        } else if ft.is_symlink() {
+            match fs::read_link(path) {
+                Ok(t) => Ok(Some(node_from(
+                    name,
+                    &meta,
+                    NodeKind::Symlink {
+                        target: t.into_os_string().into_vec(),
+                    },
+                ))),
+                Err(e) => {
+                    self.warn(path, e);
+                    Ok(None)
+                }
+            }
+        } else {
+            self.warn(path, "not a regular file, directory or symlink: skipped");
+            Ok(None)
+        }
+    }
+
+    fn database(&mut self, original: &Path, image: &Path, name: Vec<u8>) -> Result<Option<Node>> {
+        let meta = match fs::metadata(original) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(original, e);
+                return Ok(None);
+            }
+        };
+        self.summary.files += 1;
+        let Some((size, chunks)) = self.read_file(image, true)? else {
+            return Ok(None);
+        };
+        self.summary.total_bytes += size;
+        Ok(Some(node_from(
+            name,
+            &meta,
+            NodeKind::File { size, chunks },
+        )))
+    }
+
+    fn read_file(&mut self, path: &Path, is_db: bool) -> Result<Option<(u64, Vec<Id>)>> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn(path, e);
+                return Ok(None);
+            }
+        };
+        self.progress.set_current(path.display().to_string());
+        let chunker = if is_db {
+            &self.db_chunker
+        } else {
+            &self.file_chunker
+        };
+        // Borrow split: the chunker is read-only, the rest is mutated per chunk.
+        let chunker = Chunker::new(chunker.params(), self.repo.keys().chunker_seed());
+        let key = self.repo.keys().chunk_id_key();
+        let mut chunks = Vec::new();
+        let res = chunker.chunk_stream::<_, RepoError>(
+            std::io::BufReader::with_capacity(0, file),
+            |data| {
+                let id = Id(key.id(data));
+                chunks.push(id);
+                self.summary.bytes_read += data.len() as u64;
+                Progress::add(&self.progress.bytes, data.len() as u64);
+                self.submit(id, BlobKind::Data, data)
+            },
+        );
+        match res {
+            Ok(size) => {
+                self.summary.files_read += 1;
+                Progress::add(&self.progress.files, 1);
+                Ok(Some((size, chunks)))
+            }
+            Err(RepoError::Local { source, .. }) => {
+                self.warn(path, source);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl From<std::io::Error> for RepoError {
+    fn from(e: std::io::Error) -> Self {
+        RepoError::Local {
+            path: PathBuf::new(),
+            source: e,
+        }
+    }
+}
+
+fn compress_worker(level: i32, rx: Receiver<Job>, tx: Sender<Compressed>) -> Result<()> {
+    let mut z = zstd::bulk::Compressor::new(level)
+        .map_err(|e| RepoError::Internal(format!("zstd: {e}")))?;
+    for job in rx {
+        let raw_len = job.data.len() as u32;
+        // Keep the compressed form only if it saves at least 1/32.
+        let (compression, data) = match z.compress(&job.data) {
+            Ok(c) if c.len() + job.data.len() / 32 < job.data.len() => (Compression::Zstd, c),
+            _ => (Compression::None, job.data),
+        };
+        if tx
+            .send(Compressed {
+                id: job.id,
+                kind: job.kind,
+                compression,
+                raw_len,
+                data,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn packer(repo: &Repository, rx: Receiver<Compressed>, tx: Sender<FinishedPack>) -> Result<()> {
+    let target = repo.config.pack_size as usize;
+    let mut data_pack: Option<PackWriter> = None;
+    let mut tree_pack: Option<PackWriter> = None;
+    let finish = |p: PackWriter, kind: BlobKind| -> Result<()> {
+        let (id, bytes, blobs) = p.finish();
+        tx.send(FinishedPack {
+            id,
+            kind,
+            bytes,
+            blobs,
+        })
+        .map_err(|_| RepoError::Internal("the uploader stopped".into()))
+    };
+    for c in rx {
+        let slot = if c.kind == BlobKind::Tree {
+            &mut tree_pack
+        } else {
+            &mut data_pack
+        };
+        if slot.is_none() {
+            *slot = Some(PackWriter::new(repo.keys(), target)?);
+        }
+        if let Some(p) = slot.as_mut() {
+            p.add(c.id, c.kind, c.compression, c.raw_len, c.data);
+            if p.len() >= target {
+                if let Some(p) = slot.take() {
+                    finish(p, c.kind)?;
+                }
+            }
+        }
+    }
+    if let Some(p) = data_pack.take() {
+        finish(p, BlobKind::Data)?;
+    }
+    if let Some(p) = tree_pack.take() {
+        finish(p, BlobKind::Tree)?;
+    }
+    Ok(())
+}
+
+struct UploadResult {
+    index_ids: Vec<Id>,
+    bytes: u64,
+}
+
+fn write_checkpoint(
+    repo: &Repository,
+    pending: &mut Vec<IndexPack>,
+    out: &mut UploadResult,
+) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let index = IndexFile {
+        supersedes: Vec::new(),
+        packs: std::mem::take(pending),
+    };
+    let id = Id::random()?;
+    out.bytes += repo.write_index(&id, &index)?;
+    repo.cache.add_index(&id, &index)?;
+    out.index_ids.push(id);
+    Ok(())
+}
+
+fn uploader(
+    repo: &Repository,
+    rx: Receiver<FinishedPack>,
+    progress: &Progress,
+) -> Result<UploadResult> {
+    let mut out = UploadResult {
+        index_ids: Vec::new(),
+        bytes: 0,
+    };
+    let mut pending = Vec::new();
+    for p in rx {
+        repo.store.put(&pack_name(&p.id), &p.bytes)?;
+        if p.kind == BlobKind::Tree {
+            repo.cache_tree_pack(&p.id, &p.bytes);
+        }
+        out.bytes += p.bytes.len() as u64;
+        Progress::add(&progress.uploaded, p.bytes.len() as u64);
+        pending.push(IndexPack {
+            id: p.id,
+            size: p.bytes.len() as u64,
+            blobs: p.blobs,
+        });
+        if pending.len() >= CHECKPOINT_PACKS {
+            write_checkpoint(repo, &mut pending, &mut out)?;
+        }
+    }
+    write_checkpoint(repo, &mut pending, &mut out)?;
+    Ok(out)
+}
+
+/// Picks the parent snapshot: the latest from this host with the same paths.
+fn find_parent(repo: &Repository, host: &str, paths: &[Vec<u8>]) -> Result<Option<(Id, Snapshot)>> {
+    let mut want: Vec<Vec<u8>> = paths.to_vec();
+    want.sort();
+    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| {
+        let mut p = s.paths.clone();
+        p.sort();
+        s.hostname == host && p == want
+    }))
+}
+
+fn join_thread<T>(r: std::thread::Result<Result<T>>) -> Result<T> {
+    r.map_err(|_| RepoError::Internal("a backup thread panicked".into()))?
+}
+
+/// Runs one backup and writes its snapshot.
+pub fn backup(
+    repo: &mut Repository,
+    sources: &BackupSources,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let time_ns = now_ns();
+    // Register first, then read the index: a concurrent prune either sees
+    // this session or this session sees its condemnation record.
+    let session = Session::start(repo, &opts.hostname)?;
+    let result = run(repo, sources, opts, progress, started, time_ns, &session);
+    session.end(repo);
+    result
+}
+
+fn run(
+    repo: &mut Repository,
+    sources: &BackupSources,
+    opts: &BackupOptions,
+    progress: &Progress,
+    started: Instant,
+    time_ns: i64,
+    session: &Session,
+) -> Result<BackupOutcome> {
+    repo.refresh()?;
+    let mut root = VDir::default();
+    let mut paths = Vec::new();
+    let mut skip = HashSet::new();
+    let mut images = Vec::new();
+    let mut databases = Vec::new();
+    for db in &sources.databases {
+        let abs = absolute(db)?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut s = abs.clone().into_os_string();
+            s.push(suffix);
+            skip.insert(PathBuf::from(s));
+        }
+    }
+    let cleanup = |images: &[PathBuf]| {
+        for i in images {
+            let _ = fs::remove_file(i);
+        }
+    };
+    for db in &sources.databases {
+        let abs = absolute(db)?;
+        let image = match crate::sqlite::snapshot_database(&abs, &opts.staging_dir) {
+            Ok(i) => i,
+            Err(e) => {
+                cleanup(&images);
+                return Err(e);
+            }
+        };
+        images.push(image.clone());
+        paths.push(abs.as_os_str().as_bytes().to_vec());
+        databases.push(DatabaseEntry {
+            path: abs.as_os_str().as_bytes().to_vec(),
+            method: "sqlite-online-backup".into(),
+        });
+        insert_source(
+            &mut root,
+            &abs,
+            Source::Database {
+                original: abs.clone(),
+                image,
+            },
+        );
+    }
+    for p in &sources.paths {
+        let abs = absolute(p)?;
+        paths.push(abs.as_os_str().as_bytes().to_vec());
+        if !skip.contains(&abs) {
+            insert_source(&mut root, &abs, Source::Path(abs.clone()));
+        }
+    }
+    let parent = if opts.force_full {
+        None
+    } else {
+        find_parent(repo, &opts.hostname, &paths)?
+    };
+    let parent_tree = match &parent {
+        Some((_, s)) => repo.read_tree(&s.tree).ok(),
+        None => None,
+    };
+
+    let workers = opts.workers.max(1);
+    let repo_ref: &Repository = repo;
+    let stop = AtomicBool::new(false);
+    let result = std::thread::scope(
+        |scope| -> Result<(Tree, Id, BackupSummary, Vec<String>, UploadResult)> {
+            let (job_tx, job_rx) = bounded::<Job>(workers * 2);
+            let (comp_tx, comp_rx) = bounded::<Compressed>(workers * 2);
+            let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+            let level = repo_ref.config.zstd_level;
+            let mut worker_handles = Vec::new();
+            for _ in 0..workers {
+                let (rx, tx) = (job_rx.clone(), comp_tx.clone());
+                worker_handles.push(scope.spawn(move || compress_worker(level, rx, tx)));
+            }
+            drop((job_rx, comp_tx));
+            let packer_h = scope.spawn(move || packer(repo_ref, comp_rx, pack_tx));
+            let uploader_h = scope.spawn(move || uploader(repo_ref, pack_rx, progress));
+            let heartbeat = scope.spawn(|| {
+                let mut last = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if last.elapsed() > crate::session::REFRESH {
+                        session.refresh(repo_ref);
+                        last = Instant::now();
+                    }
+                }
+            });
+
+            let mut walker = Walker {
+                repo: repo_ref,
+                opts,
+                progress,
+                file_chunker: repo_ref.file_chunker(),
+                db_chunker: repo_ref.db_chunker(),
+                jobs: job_tx,
+                claimed: HashSet::new(),
+                skip,
+                summary: BackupSummary::default(),
+                warnings: Vec::new(),
+            };
+            let walked = walker
+                .walk_vdir(Path::new("/"), root, parent_tree)
+                .and_then(|t| {
+                    let id = walker.save_tree(t.clone())?;
+                    Ok((t, id))
+                });
+            let Walker {
+                summary,
+                warnings,
+                jobs,
+                ..
+            } = walker;
+            drop(jobs);
+            let mut first_err = walked.as_ref().err().map(|e| e.to_string());
+            for h in worker_handles {
+                if let Err(e) = join_thread(h.join()) {
+                    first_err.get_or_insert(e.to_string());
+                }
+            }
+            let packed = join_thread(packer_h.join());
+            let uploaded = join_thread(uploader_h.join());
+            stop.store(true, Ordering::Relaxed);
+            let _ = heartbeat.join();
+            let (tree, id) = walked?;
+            packed?;
+            let uploaded = uploaded?;
+            if let Some(e) = first_err {
+                return Err(RepoError::Internal(e));
+            }
+            Ok((tree, id, summary, warnings, uploaded))
+        },
+    );
+    cleanup(&images);
+    let (_, tree_id, mut summary, warnings, uploaded) = result?;
+
+    summary.bytes_added = uploaded.bytes;
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    let snapshot = Snapshot {
+        time_ns,
+        hostname: opts.hostname.clone(),
+        paths,
+        tree: tree_id,
+        databases,
+        parent: parent.map(|(id, _)| id),
+        index_ids: uploaded.index_ids,
+        summary,
+    };
+    let id = Id::random()?;
+    let n = repo.write_object(Kind::Snapshot, "snapshots/", &id, encode(&snapshot))?;
+    let mut snapshot = snapshot;
+    snapshot.summary.bytes_added += n;
+    Ok(BackupOutcome {
+        id,
+        snapshot,
+        warnings,
+    })
+}

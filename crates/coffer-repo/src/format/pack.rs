@@ -1,0 +1,226 @@
+//! Packs: many encrypted blobs in one object, with an encrypted trailer.
+//!
+//! ```text
+//! header(Pack) (6) || blob_0 || … || blob_n-1 || trailer || trailer_len (u32 LE)
+//! blob_i  = AES-256-GCM(pack_key, nonce = 0^4 || u64be(i),
+//!                       aad = header(Blob) || pack_id || blob_id || kind, stored bytes)
+//! trailer = AES-256-GCM(pack_key, nonce = ff^4 || 0^8, aad = header(PackTrailer) || pack_id,
+//!                       u32le(n) || postcard(Vec<BlobLocation>)[n bytes] || zero padding)
+//! ```
+//! The padding makes the whole pack `padme(unpadded length)` bytes long.
+
+use coffer_crypto::{RepoKeys, SealingKey, TAG_LEN};
+
+use super::padding::padme;
+use super::types::{decode, encode, BlobKind, BlobLocation, Compression};
+use super::{check_header, header, Kind};
+use crate::id::Id;
+use crate::{RepoError, Result};
+
+/// Largest plaintext a blob may have; larger claims are rejected before any
+/// allocation (a tree of ~500k entries fits).
+pub const MAX_BLOB: u32 = 64 << 20;
+/// Largest trailer accepted when reading.
+pub const MAX_TRAILER: u32 = 64 << 20;
+
+const TRAILER_NONCE: [u8; 12] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
+
+fn blob_nonce(index: u32) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&u64::from(index).to_be_bytes());
+    n
+}
+
+fn blob_aad(pack: &Id, blob: &Id, kind: BlobKind) -> [u8; 6 + 32 + 32 + 1] {
+    let mut a = [0u8; 71];
+    a[..6].copy_from_slice(&header(Kind::Blob));
+    a[6..38].copy_from_slice(&pack.0);
+    a[38..70].copy_from_slice(&blob.0);
+    a[70] = kind.byte();
+    a
+}
+
+fn trailer_aad(pack: &Id) -> Vec<u8> {
+    [&header(Kind::PackTrailer)[..], &pack.0[..]].concat()
+}
+
+/// The storage name of a pack.
+pub fn pack_name(id: &Id) -> String {
+    let h = id.to_hex();
+    format!("data/{}/{}", &h[..2], h)
+}
+
+/// Builds one pack in memory.
+pub struct PackWriter {
+    id: Id,
+    key: SealingKey,
+    buf: Vec<u8>,
+    blobs: Vec<BlobLocation>,
+}
+
+impl PackWriter {
+    /// A new, empty pack with a fresh random id.
+    pub fn new(keys: &RepoKeys, capacity: usize) -> Result<Self> {
+        let id = Id::random()?;
+        let mut buf = Vec::with_capacity(capacity + 4096);
+        buf.extend_from_slice(&header(Kind::Pack));
+        Ok(Self {
+            key: keys.pack_key(&id.0),
+            id,
+            buf,
+            blobs: Vec::new(),
+        })
+    }
+
+    /// The pack's id.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// Encrypts and appends one blob.
+    pub fn add(
+        &mut self,
+        id: Id,
+        kind: BlobKind,
+        compression: Compression,
+        raw_length: u32,
+        mut data: Vec<u8>,
+    ) {
+        let index = self.blobs.len() as u32;
+        self.key
+            .seal(blob_nonce(index), &blob_aad(&self.id, &id, kind), &mut data);
+        let offset = self.buf.len() as u32;
+        self.buf.extend_from_slice(&data);
+        self.blobs.push(BlobLocation {
+            id,
+            kind,
+            index,
+            offset,
+            length: data.len() as u32,
+            raw_length,
+            compression,
+        });
+    }
+
+    /// Seals the trailer, pads, and returns (id, bytes, blob locations).
+    pub fn finish(mut self) -> (Id, Vec<u8>, Vec<BlobLocation>) {
+        let entries = encode(&self.blobs);
+        let unpadded = self.buf.len() + 4 + entries.len() + TAG_LEN + 4;
+        let pad = (padme(unpadded as u64) as usize) - unpadded;
+        let mut trailer = Vec::with_capacity(4 + entries.len() + pad + TAG_LEN);
+        trailer.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        trailer.extend_from_slice(&entries);
+        trailer.resize(4 + entries.len() + pad, 0);
+        self.key
+            .seal(TRAILER_NONCE, &trailer_aad(&self.id), &mut trailer);
+        self.buf.extend_from_slice(&trailer);
+        self.buf
+            .extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        (self.id, self.buf, self.blobs)
+    }
+}
+
+/// Reads a whole pack's trailer: the list of its blobs, authenticated.
+pub fn read_trailer(keys: &RepoKeys, id: &Id, pack: &[u8]) -> Result<Vec<BlobLocation>> {
+    let name = pack_name(id);
+    check_header(pack, Kind::Pack, &name)?;
+    if pack.len() < 6 + 4 + TAG_LEN + 4 {
+        return Err(RepoError::integrity(&name, "truncated pack"));
+    }
+    let len_at = pack.len() - 4;
+    let tlen = u32::from_le_bytes([
+        pack[len_at],
+        pack[len_at + 1],
+        pack[len_at + 2],
+        pack[len_at + 3],
+    ]);
+    if tlen > MAX_TRAILER || (tlen as usize) > len_at - 6 || (tlen as usize) < TAG_LEN + 4 {
+        return Err(RepoError::integrity(
+            &name,
+            "truncated pack or bad trailer length",
+        ));
+    }
+    let start = len_at - tlen as usize;
+    let mut buf = pack[start..len_at].to_vec();
+    let plain = keys
+        .pack_key(&id.0)
+        .open(TRAILER_NONCE, &trailer_aad(id), &mut buf)
+        .map_err(|_| RepoError::integrity(&name, "pack trailer failed authentication (altered, truncated, renamed or from another repository)"))?;
+    let n = u32::from_le_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
+    if n > plain.len() - 4 {
+        return Err(RepoError::integrity(&name, "bad trailer entry length"));
+    }
+    let blobs: Vec<BlobLocation> = decode(&plain[4..4 + n], &name)?;
+    for (i, b) in blobs.iter().enumerate() {
+        let end = u64::from(b.offset) + u64::from(b.length);
+        if b.index as usize != i || end > start as u64 || b.offset < 6 {
+            return Err(RepoError::integrity(
+                &name,
+                "trailer lists a blob outside the pack",
+            ));
+        }
+    }
+    Ok(blobs)
+}
+
+/// Decrypts, decompresses and checks one blob whose ciphertext is `data`.
+///
+/// Returns the plaintext only if it authenticates under this pack, position,
+/// id and kind, and its keyed hash equals its id.
+pub fn open_blob(
+    keys: &RepoKeys,
+    pack: &Id,
+    loc: &BlobLocation,
+    mut data: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let what = || format!("blob {} in pack {}", loc.id.short(), pack.short());
+    if loc.raw_length > MAX_BLOB {
+        return Err(RepoError::integrity(
+            what(),
+            "blob claims an impossible size",
+        ));
+    }
+    let n = keys
+        .pack_key(&pack.0)
+        .open(
+            blob_nonce(loc.index),
+            &blob_aad(pack, &loc.id, loc.kind),
+            &mut data,
+        )
+        .map_err(|_| {
+            RepoError::integrity(
+                what(),
+                "authentication failed: the pack was altered, truncated or swapped",
+            )
+        })?
+        .len();
+    data.truncate(n);
+    let plain = match loc.compression {
+        Compression::None => data,
+        Compression::Zstd => zstd::bulk::decompress(&data, loc.raw_length as usize)
+            .map_err(|e| RepoError::integrity(what(), format!("decompression failed: {e}")))?,
+    };
+    if plain.len() != loc.raw_length as usize {
+        return Err(RepoError::integrity(
+            what(),
+            "length differs from the index",
+        ));
+    }
+    if !coffer_crypto::ct_eq(&keys.chunk_id_key().id(&plain), &loc.id.0) {
+        return Err(RepoError::integrity(
+            what(),
+            "content does not match its id",
+        ));
+    }
+    Ok(plain)
+}

@@ -1,0 +1,346 @@
+//! Forget (retention policy) and prune (garbage collection).
+//!
+//! Prune never deletes a pack a backup may still need. It works in two
+//! phases, without locks that block backups:
+//!
+//! 1. Packs no snapshot references are *condemned*: a sealed record under
+//!    `condemned/` names them and the backup sessions live at that moment.
+//!    A backup that starts later reads the record and does not dedup against
+//!    them (it registers its session before reading, and prune writes the
+//!    record before listing sessions, so one of the two always sees the other).
+//! 2. A condemned pack is deleted once every session named in its record has
+//!    ended and it is still unreferenced. With no backup running, both phases
+//!    happen in the same run. Index files are rewritten first, then packs
+//!    deleted: a crash at any point leaves a repository that verifies.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::format::pack::pack_name;
+use crate::format::types::{encode, Condemned, IndexFile, IndexPack, NodeKind, Snapshot};
+use crate::format::Kind;
+use crate::id::Id;
+use crate::repo::{now_ns, Repository};
+use crate::session::live_sessions;
+use crate::{RepoError, Result};
+
+/// Retention: how many snapshots to keep, per group (host and paths).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeepPolicy {
+    /// The N newest.
+    pub last: usize,
+    /// The newest of each of the N newest days (UTC).
+    pub daily: usize,
+    /// The newest of each of the N newest weeks (Monday-based, UTC).
+    pub weekly: usize,
+    /// The newest of each of the N newest months (UTC).
+    pub monthly: usize,
+}
+
+impl KeepPolicy {
+    /// Whether the policy keeps nothing (refused: it would forget everything).
+    pub fn is_empty(&self) -> bool {
+        self.last == 0 && self.daily == 0 && self.weekly == 0 && self.monthly == 0
+    }
+}
+
+/// Days since 1970-01-01 → (year, month).
+fn year_month(days: i64) -> (i64, u32) {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m)
+}
+
+/// Splits snapshots into (keep, forget) by `policy`.
+pub fn apply_policy(snaps: &[(Id, Snapshot)], policy: &KeepPolicy) -> (Vec<Id>, Vec<Id>) {
+    // Snapshots are grouped by host and set of paths, as restic does.
+    type GroupKey = (String, Vec<Vec<u8>>);
+    let mut groups: BTreeMap<GroupKey, Vec<&(Id, Snapshot)>> = BTreeMap::new();
+    for s in snaps {
+        let mut p = s.1.paths.clone();
+        p.sort();
+        groups.entry((s.1.hostname.clone(), p)).or_default().push(s);
+    }
+    let (mut keep, mut forget) = (Vec::new(), Vec::new());
+    for (_, mut list) in groups {
+        list.sort_by_key(|(id, s)| std::cmp::Reverse((s.time_ns, *id)));
+        let mut kept = vec![false; list.len()];
+        for k in kept.iter_mut().take(policy.last) {
+            *k = true;
+        }
+        let bucket = |f: &dyn Fn(i64) -> i64, n: usize, kept: &mut Vec<bool>| {
+            let mut seen = HashSet::new();
+            for (i, (_, s)) in list.iter().enumerate() {
+                if seen.len() >= n {
+                    break;
+                }
+                let days = s.time_ns.div_euclid(86_400_000_000_000);
+                if seen.insert(f(days)) {
+                    kept[i] = true;
+                }
+            }
+        };
+        bucket(&|d| d, policy.daily, &mut kept);
+        bucket(&|d| (d + 3).div_euclid(7), policy.weekly, &mut kept);
+        bucket(
+            &|d| {
+                let (y, m) = year_month(d);
+                y * 12 + i64::from(m)
+            },
+            policy.monthly,
+            &mut kept,
+        );
+        for (i, (id, _)) in list.iter().enumerate() {
+            if kept[i] {
+                keep.push(*id);
+            } else {
+                forget.push(*id);
+            }
+        }
+    }
+    (keep, forget)
+}
+
+/// Deletes the snapshots `policy` does not keep; returns (kept, forgotten).
+pub fn forget(repo: &Repository, policy: &KeepPolicy, dry_run: bool) -> Result<(Vec<Id>, Vec<Id>)> {
+    if policy.is_empty() {
+        return Err(RepoError::Internal(
+            "refusing to forget every snapshot: give at least one --keep-* option".into(),
+        ));
+    }
+    let snaps = repo.snapshots()?;
+    let (keep, gone) = apply_policy(&snaps, policy);
+    if !dry_run {
+        for id in &gone {
+            repo.store().delete(&format!("snapshots/{}", id.to_hex()))?;
+        }
+    }
+    Ok((keep, gone))
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PruneSummary {
+    /// Packs deleted.
+    pub packs_deleted: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Packs condemned but kept until running backups end.
+    pub packs_waiting: u64,
+    /// Index files rewritten.
+    pub index_files_rewritten: u64,
+    /// Packs still in use.
+    pub packs_kept: u64,
+}
+
+/// Collects every blob id referenced by every snapshot into the cache's
+/// scratch set. Any unreadable snapshot or tree aborts: prune never deletes
+/// on incomplete knowledge.
+fn mark<'a>(
+    repo: &'a Repository,
+    snaps: &[(Id, Snapshot)],
+) -> Result<crate::cache::ScratchSet<'a>> {
+    let seen = repo.cache().scratch_set()?;
+    for (_, s) in snaps {
+        let mut stack = vec![s.tree];
+        while let Some(t) = stack.pop() {
+            if !seen.insert(&t)? {
+                continue;
+            }
+            for n in repo.read_tree(&t)?.nodes {
+                match n.kind {
+                    NodeKind::Dir { subtree } => stack.push(subtree),
+                    NodeKind::File { chunks, .. } => {
+                        for c in chunks {
+                            seen.insert(&c)?;
+                        }
+                    }
+                    NodeKind::Symlink { .. } => {}
+                }
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// Garbage-collects packs no snapshot references.
+pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
+    repo.refresh()?;
+    let snaps = repo.snapshots()?;
+    let mut summary = PruneSummary::default();
+
+    // Which packs are unused: indexed packs without a referenced blob, and
+    // packs on storage no index knows (left by interrupted backups).
+    let indexed = repo.cache().packs()?;
+    let mut unused: HashMap<Id, u64> = HashMap::new();
+    let referenced = mark(repo, &snaps)?;
+    let mut indexed_ids = HashSet::new();
+    for (pack, size, _) in &indexed {
+        indexed_ids.insert(*pack);
+        let mut used = false;
+        for b in repo.cache().blobs_of_pack(pack)? {
+            if referenced.contains(&b.id)? {
+                used = true;
+                break;
+            }
+        }
+        if used {
+            summary.packs_kept += 1;
+        } else {
+            unused.insert(*pack, *size);
+        }
+    }
+    for o in repo.store().list("data/")? {
+        if let Some(id) = o.name.rsplit('/').next().and_then(Id::from_hex) {
+            if !indexed_ids.contains(&id) {
+                unused.insert(id, o.size);
+            }
+        }
+    }
+
+    // Phase 2 for earlier records: ripe when all their sessions have ended.
+    let live: HashSet<String> = live_sessions(repo, hostname)?.into_iter().collect();
+    let mut ripe: HashSet<Id> = HashSet::new();
+    let mut already: HashSet<Id> = HashSet::new();
+    let records = repo.condemned_records()?;
+    for (_, r) in &records {
+        already.extend(r.packs.iter().copied());
+        if r.live_sessions.iter().all(|s| !live.contains(s)) {
+            ripe.extend(r.packs.iter().copied().filter(|p| unused.contains_key(p)));
+        }
+    }
+
+    // Phase 1 for newly unused packs: condemn, then look for sessions.
+    let fresh: Vec<Id> = unused
+        .keys()
+        .filter(|p| !already.contains(p))
+        .copied()
+        .collect();
+    let mut new_record = None;
+    if !fresh.is_empty() {
+        let rid = Id::random()?;
+        let before: Vec<String> = live.iter().cloned().collect();
+        let mut rec = Condemned {
+            time_ns: now_ns(),
+            packs: fresh.clone(),
+            index_files: Vec::new(),
+            live_sessions: before,
+        };
+        repo.write_object(Kind::Condemned, "condemned/", &rid, encode(&rec))?;
+        let after = live_sessions(repo, hostname)?;
+        let extra: Vec<String> = after
+            .into_iter()
+            .filter(|s| !rec.live_sessions.contains(s))
+            .collect();
+        if !extra.is_empty() {
+            rec.live_sessions.extend(extra);
+            repo.write_object(Kind::Condemned, "condemned/", &rid, encode(&rec))?;
+        }
+        if rec.live_sessions.is_empty() {
+            ripe.extend(fresh.iter().copied());
+        } else {
+            summary.packs_waiting += fresh.len() as u64;
+        }
+        new_record = Some((rid, rec));
+    }
+    for (_, r) in &records {
+        if !r.live_sessions.iter().all(|s| !live.contains(s)) {
+            summary.packs_waiting +=
+                r.packs.iter().filter(|p| unused.contains_key(p)).count() as u64;
+        }
+    }
+
+    if !ripe.is_empty() {
+        delete_packs(repo, &snaps, &ripe, &unused, &mut summary)?;
+    }
+    // Records whose packs are all gone or back in use are done.
+    for (rid, r) in records.iter().chain(new_record.iter()) {
+        let pending = r
+            .packs
+            .iter()
+            .any(|p| unused.contains_key(p) && !ripe.contains(p));
+        if !pending {
+            repo.store()
+                .delete(&format!("condemned/{}", rid.to_hex()))?;
+        }
+    }
+    repo.refresh()?;
+    Ok(summary)
+}
+
+fn delete_packs(
+    repo: &Repository,
+    snaps: &[(Id, Snapshot)],
+    ripe: &HashSet<Id>,
+    unused: &HashMap<Id, u64>,
+    summary: &mut PruneSummary,
+) -> Result<()> {
+    // 1. Rewrite every index file that lists a ripe pack, without it.
+    let referenced_index_ids: HashSet<Id> = snaps
+        .iter()
+        .flat_map(|(_, s)| s.index_ids.iter().copied())
+        .collect();
+    let mut affected: Vec<Id> = Vec::new();
+    let mut keep_packs: Vec<IndexPack> = Vec::new();
+    let mut supersedes: HashSet<Id> = HashSet::new();
+    let mut by_index: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
+    for (pack, _, ix) in repo.cache().packs()? {
+        by_index.entry(ix).or_default().push(pack);
+    }
+    for (ix, packs) in &by_index {
+        if !packs.iter().any(|p| ripe.contains(p)) {
+            continue;
+        }
+        let file = repo.read_index(ix)?;
+        affected.push(*ix);
+        supersedes.insert(*ix);
+        supersedes.extend(file.supersedes.iter().copied());
+        keep_packs.extend(file.packs.into_iter().filter(|p| !ripe.contains(&p.id)));
+    }
+    // Keep only superseded ids a remaining snapshot still names.
+    let mut supersedes: Vec<Id> = supersedes
+        .into_iter()
+        .filter(|i| referenced_index_ids.contains(i))
+        .collect();
+    supersedes.sort();
+    if !affected.is_empty() {
+        let mut first = true;
+        let chunks: Vec<Vec<IndexPack>> = if keep_packs.is_empty() {
+            vec![Vec::new()]
+        } else {
+            keep_packs.chunks(256).map(|c| c.to_vec()).collect()
+        };
+        for packs in chunks {
+            // Every new file carries the full supersedes list: any one of them
+            // vouches for the ids it replaces.
+            let file = IndexFile {
+                supersedes: supersedes.clone(),
+                packs,
+            };
+            if file.packs.is_empty() && file.supersedes.is_empty() && !first {
+                continue;
+            }
+            first = false;
+            let id = Id::random()?;
+            repo.write_index(&id, &file)?;
+            summary.index_files_rewritten += 1;
+        }
+        for ix in &affected {
+            repo.store().delete(&format!("index/{}", ix.to_hex()))?;
+        }
+    }
+    // 2. Then delete the packs.
+    for p in ripe {
+        repo.store().delete(&pack_name(p))?;
+        let _ = std::fs::remove_file(repo.cache().pack_dir().join(p.to_hex()));
+        summary.packs_deleted += 1;
+        summary.bytes_freed += unused.get(p).copied().unwrap_or(0);
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! Backup sessions: a small sealed object under `locks/` for as long as a
+//! backup runs, so a concurrent prune knows not to delete what it may use.
+//!
+//! Not an exclusive lock: backups never wait for each other or for a prune.
+//! A session is stale when its process is gone (same host) or when it has not
+//! been refreshed for [`STALE_AFTER`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::types::{decode, encode};
+use crate::format::Kind;
+use crate::id::Id;
+use crate::repo::{now_ns, Repository};
+use crate::Result;
+
+/// How often a running backup refreshes its session.
+pub const REFRESH: Duration = Duration::from_secs(60);
+/// After how long without refresh a session is presumed dead.
+pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// What a session object holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Host name.
+    pub hostname: String,
+    /// Process id on that host.
+    pub pid: u32,
+    /// Process start time (Linux clock ticks since boot), to defeat pid reuse.
+    pub pid_start: u64,
+    /// Last refresh, Unix nanoseconds.
+    pub refreshed_ns: i64,
+}
+
+/// A running backup's registration.
+pub struct Session {
+    id: Id,
+    info: SessionInfo,
+}
+
+/// Start time of a process from `/proc/<pid>/stat` (field 22), if visible.
+pub(crate) fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Session {
+    /// Registers a session.
+    pub fn start(repo: &Repository, hostname: &str) -> Result<Self> {
+        let pid = std::process::id();
+        let info = SessionInfo {
+            hostname: hostname.to_string(),
+            pid,
+            pid_start: process_start(pid).unwrap_or(0),
+            refreshed_ns: now_ns(),
+        };
+        let s = Self {
+            id: Id::random()?,
+            info,
+        };
+        repo.write_object(Kind::Lock, "locks/", &s.id, encode(&s.info))?;
+        Ok(s)
+    }
+
+    /// Rewrites the session with a fresh time (best effort).
+    pub fn refresh(&self, repo: &Repository) {
+        let mut info = self.info.clone();
+        info.refreshed_ns = now_ns();
+        if let Err(e) = repo.write_object(Kind::Lock, "locks/", &self.id, encode(&info)) {
+            tracing::warn!("could not refresh the backup session: {e}");
+        }
+    }
+
+    /// Removes the session (best effort: a leftover one goes stale).
+    pub fn end(self, repo: &Repository) {
+        let _ = repo.store.delete(&format!("locks/{}", self.id.to_hex()));
+    }
+}
+
+/// Sessions that are still running, by object name.
+pub fn live_sessions(repo: &Repository, hostname: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for id in repo.list_ids("locks/")? {
+        let name = format!("locks/{}", id.to_hex());
+        let info: SessionInfo = match repo.store.get(&name) {
+            Ok(bytes) => {
+                match crate::format::object::open(repo.keys(), Kind::Lock, &id, &bytes, &name)
+                    .and_then(|p| decode(&p, &name))
+                {
+                    Ok(i) => i,
+                    // An unreadable session cannot be trusted to be dead: keep it live
+                    // until it goes stale by age (storage mtime is not available).
+                    Err(_) => {
+                        out.push(name);
+                        continue;
+                    }
+                }
+            }
+            Err(_) => continue,
+        };
+        if is_live(&info, hostname) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+fn is_live(info: &SessionInfo, hostname: &str) -> bool {
+    let age = now_ns().saturating_sub(info.refreshed_ns);
+    if age > STALE_AFTER.as_nanos() as i64 {
+        return false;
+    }
+    if info.hostname == hostname {
+        // Same host: the process must exist and be the same process.
+        return process_start(info.pid).is_some_and(|s| info.pid_start == 0 || s == info.pid_start);
+    }
+    true
+}

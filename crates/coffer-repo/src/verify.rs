@@ -1,0 +1,199 @@
+//! Verify: the structure (every snapshot, tree and referenced blob accounted
+//! for, every pack present with its indexed size), and with `read_data` the
+//! content of all or a random share of the packs, blob by blob.
+
+use std::collections::{HashMap, HashSet};
+
+use rand::seq::SliceRandom;
+
+use crate::format::pack::{open_blob, pack_name, read_trailer};
+use crate::format::types::NodeKind;
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::{RepoError, Result};
+
+/// What verify did and found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifySummary {
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Distinct trees read.
+    pub trees: u64,
+    /// Distinct data blobs referenced.
+    pub data_blobs: u64,
+    /// Packs in the index.
+    pub packs: u64,
+    /// Packs read back and checked blob by blob.
+    pub packs_read: u64,
+    /// Bytes read back.
+    pub bytes_read: u64,
+    /// Problems found; empty means the repository is sound.
+    pub errors: Vec<String>,
+}
+
+/// Verifies the repository. `read_data_percent`: None = structure only,
+/// Some(p) = also read back p% of the packs (chosen at random), 100 = all.
+pub fn verify(
+    repo: &Repository,
+    read_data_percent: Option<f64>,
+    progress: &Progress,
+) -> Result<VerifySummary> {
+    let mut s = VerifySummary::default();
+    let listed: HashMap<String, u64> = repo
+        .store()
+        .list("data/")?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
+    let packs = repo.cache().packs()?;
+    s.packs = packs.len() as u64;
+    for (id, size, _) in &packs {
+        match listed.get(&pack_name(id)) {
+            None => s.errors.push(format!(
+                "pack {} is in the index but missing from storage",
+                pack_name(id)
+            )),
+            Some(actual) if actual != size => s.errors.push(format!(
+                "pack {} has {actual} bytes, the index says {size} (truncated or replaced)",
+                pack_name(id)
+            )),
+            _ => {}
+        }
+    }
+
+    let seen = repo.cache().scratch_set()?;
+    let mut trees = 0u64;
+    let mut data = 0u64;
+    let snapshots = match repo.snapshots() {
+        Ok(v) => v,
+        Err(e) => {
+            s.errors.push(e.to_string());
+            Vec::new()
+        }
+    };
+    for (sid, snap) in &snapshots {
+        s.snapshots += 1;
+        if let Err(e) = repo.check_snapshot_index(sid, snap) {
+            s.errors.push(e.to_string());
+            continue;
+        }
+        let mut stack = vec![snap.tree];
+        while let Some(t) = stack.pop() {
+            if !seen.insert(&t)? {
+                continue;
+            }
+            trees += 1;
+            let tree = match repo.read_tree(&t) {
+                Ok(tree) => tree,
+                Err(e) => {
+                    s.errors.push(format!("snapshot {}: {e}", sid.short()));
+                    continue;
+                }
+            };
+            for n in tree.nodes {
+                match n.kind {
+                    NodeKind::Dir { subtree } => stack.push(subtree),
+                    NodeKind::File { chunks, .. } => {
+                        for c in chunks {
+                            if !seen.insert(&c)? {
+                                continue;
+                            }
+                            data += 1;
+                            match repo.cache().locate(&c)? {
+                                None => s.errors.push(format!(
+                                    "snapshot {}: file {:?} needs blob {} which is in no index",
+                                    sid.short(),
+                                    String::from_utf8_lossy(&n.name),
+                                    c.short()
+                                )),
+                                Some(l) if !listed.contains_key(&pack_name(&l.pack)) => {
+                                    s.errors.push(format!(
+                                        "snapshot {}: file {:?} needs pack {} which is missing",
+                                        sid.short(),
+                                        String::from_utf8_lossy(&n.name),
+                                        pack_name(&l.pack)
+                                    ))
+                                }
+                                Some(_) => {}
+                            }
+                        }
+                    }
+                    NodeKind::Symlink { .. } => {}
+                }
+            }
+        }
+    }
+    s.trees = trees;
+    s.data_blobs = data;
+
+    if let Some(pct) = read_data_percent {
+        let mut chosen: Vec<(Id, u64)> = packs
+            .iter()
+            .filter(|(id, _, _)| listed.contains_key(&pack_name(id)))
+            .map(|(id, sz, _)| (*id, *sz))
+            .collect();
+        let mut rng =
+            <rand::rngs::SmallRng as rand::SeedableRng>::from_seed(coffer_crypto::random_bytes()?);
+        chosen.shuffle(&mut rng);
+        let n = ((chosen.len() as f64) * pct.clamp(0.0, 100.0) / 100.0).ceil() as usize;
+        chosen.truncate(n);
+        progress.total_bytes.store(
+            chosen.iter().map(|(_, sz)| sz).sum(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let errors = std::sync::Mutex::new(Vec::new());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((id, size)) = chosen.get(i) else {
+                        break;
+                    };
+                    if let Err(e) = check_pack(repo, id) {
+                        errors
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(e.to_string());
+                    }
+                    Progress::add(&progress.bytes, *size);
+                    Progress::add(&progress.files, 1);
+                });
+            }
+        });
+        s.packs_read = chosen.len() as u64;
+        s.bytes_read = chosen.iter().map(|(_, sz)| sz).sum();
+        s.errors
+            .extend(errors.into_inner().unwrap_or_else(|p| p.into_inner()));
+    }
+    Ok(s)
+}
+
+/// Reads one pack and checks every blob against its trailer and the index.
+fn check_pack(repo: &Repository, id: &Id) -> Result<()> {
+    let bytes = repo.store().get(&pack_name(id))?;
+    let trailer = read_trailer(repo.keys(), id, &bytes)?;
+    let indexed = repo.cache().blobs_of_pack(id)?;
+    let in_trailer: HashSet<(Id, u32)> = trailer.iter().map(|b| (b.id, b.offset)).collect();
+    for b in &indexed {
+        if !in_trailer.contains(&(b.id, b.offset)) {
+            return Err(RepoError::integrity(
+                pack_name(id),
+                format!(
+                    "the index lists blob {} that the pack does not hold",
+                    b.id.short()
+                ),
+            ));
+        }
+    }
+    for b in &trailer {
+        let start = b.offset as usize;
+        let end = start + b.length as usize;
+        open_blob(repo.keys(), id, b, bytes[start..end].to_vec())?;
+    }
+    Ok(())
+}
