@@ -12,8 +12,7 @@ use std::fs::{self, File};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
@@ -654,7 +653,6 @@ fn run(
 
     let workers = opts.workers.max(1);
     let repo_ref: &Repository = repo;
-    let stop = AtomicBool::new(false);
     let result = std::thread::scope(
         |scope| -> Result<(Tree, Id, BackupSummary, Vec<String>, UploadResult)> {
             let (job_tx, job_rx) = bounded::<Job>(workers * 2);
@@ -669,14 +667,13 @@ fn run(
             drop((job_rx, comp_tx));
             let packer_h = scope.spawn(move || packer(repo_ref, comp_rx, pack_tx));
             let uploader_h = scope.spawn(move || uploader(repo_ref, pack_rx, progress));
-            let heartbeat = scope.spawn(|| {
-                let mut last = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
-                    if last.elapsed() > crate::session::REFRESH {
-                        session.refresh(repo_ref);
-                        last = Instant::now();
-                    }
+            // Refreshes the session until the walk is done (the sender is dropped).
+            let (stop_tx, stop_rx) = bounded::<()>(0);
+            let heartbeat = scope.spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(crate::session::REFRESH)
+                {
+                    session.refresh(repo_ref);
                 }
             });
 
@@ -713,7 +710,7 @@ fn run(
             }
             let packed = join_thread(packer_h.join());
             let uploaded = join_thread(uploader_h.join());
-            stop.store(true, Ordering::Relaxed);
+            drop(stop_tx);
             let _ = heartbeat.join();
             let (tree, id) = walked?;
             packed?;

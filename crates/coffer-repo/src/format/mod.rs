@@ -12,6 +12,9 @@ pub mod pack;
 pub mod padding;
 pub mod types;
 
+#[cfg(test)]
+mod vectors;
+
 /// Magic at the start of every object.
 pub const MAGIC: &[u8; 4] = b"COFR";
 /// The format version this build writes and reads.

@@ -61,15 +61,19 @@ pub struct PackWriter {
 impl PackWriter {
     /// A new, empty pack with a fresh random id.
     pub fn new(keys: &RepoKeys, capacity: usize) -> Result<Self> {
-        let id = Id::random()?;
+        Ok(Self::with_id(keys, Id::random()?, capacity))
+    }
+
+    /// A new pack with a given id (known-answer tests; ids must never repeat).
+    pub fn with_id(keys: &RepoKeys, id: Id, capacity: usize) -> Self {
         let mut buf = Vec::with_capacity(capacity + 4096);
         buf.extend_from_slice(&header(Kind::Pack));
-        Ok(Self {
+        Self {
             key: keys.pack_key(&id.0),
             id,
             buf,
             blobs: Vec::new(),
-        })
+        }
     }
 
     /// The pack's id.

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need,
+# then format and lint checks, every test, and the fuzz targets' smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "scripts/test.sh needs a Rust toolchain (cargo)"; exit 1; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+if [ -x fuzz/ci.sh ] || [ -f fuzz/ci.sh ]; then
+  echo "== fuzz targets"
+  bash fuzz/ci.sh
+fi
