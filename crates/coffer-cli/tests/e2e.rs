@@ -1,4 +1,5 @@
 //! End-to-end: the real `coffer` binary on real files and a real SQLite database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
