@@ -12,6 +12,11 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== format vectors, independent Python implementation"
+VENV=target/pyvenv
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check cryptography blake3
+"$VENV/bin/python" docs/vectors/check_vectors.py
 if [ -x fuzz/ci.sh ] || [ -f fuzz/ci.sh ]; then
   echo "== fuzz targets"
   bash fuzz/ci.sh
