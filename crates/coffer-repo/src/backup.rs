@@ -4,8 +4,8 @@
 //! pack already indexed.
 //!
 //! Threads: the calling thread walks, reads, chunks and hashes; `workers`
-//! threads compress; one packer thread encrypts into packs; one uploader
-//! thread writes packs and index checkpoints. All channels are bounded.
+//! threads compress; one packer thread encrypts into packs; [`UPLOADERS`]
+//! threads write packs and index checkpoints. All channels are bounded.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -89,7 +89,13 @@ struct FinishedPack {
 
 enum Source {
     Path(PathBuf),
-    Database { original: PathBuf, image: PathBuf },
+    /// A database whose image is being taken by another thread; `ready`
+    /// says when (and whether) `image` is complete.
+    Database {
+        original: PathBuf,
+        image: PathBuf,
+        ready: Receiver<Result<()>>,
+    },
 }
 
 #[derive(Default)]
@@ -239,12 +245,14 @@ impl Walker<'_> {
                     Some(n) => n,
                     None => continue,
                 },
-                VEntry::Source(Source::Database { original, image }) => {
-                    match self.database(&original, &image, name)? {
-                        Some(n) => n,
-                        None => continue,
-                    }
-                }
+                VEntry::Source(Source::Database {
+                    original,
+                    image,
+                    ready,
+                }) => match self.database(&original, &image, &ready, name)? {
+                    Some(n) => n,
+                    None => continue,
+                },
             };
             tree.nodes.push(node);
         }
@@ -357,7 +365,16 @@ impl Walker<'_> {
         }
     }
 
-    fn database(&mut self, original: &Path, image: &Path, name: Vec<u8>) -> Result<Option<Node>> {
+    fn database(
+        &mut self,
+        original: &Path,
+        image: &Path,
+        ready: &Receiver<Result<()>>,
+        name: Vec<u8>,
+    ) -> Result<Option<Node>> {
+        ready
+            .recv()
+            .map_err(|_| RepoError::Internal("the database snapshot thread stopped".into()))??;
         let meta = match fs::metadata(original) {
             Ok(m) => m,
             Err(e) => {
@@ -520,34 +537,63 @@ fn write_checkpoint(
     Ok(())
 }
 
+/// Packs uploaded but not yet in an index file, and what was written so far.
+struct UploadState {
+    pending: Vec<IndexPack>,
+    out: UploadResult,
+}
+
+/// One of [`UPLOADERS`] threads: writes packs, and every [`CHECKPOINT_PACKS`]
+/// an index file listing packs that are already completely stored.
 fn uploader(
     repo: &Repository,
     rx: Receiver<FinishedPack>,
     progress: &Progress,
-) -> Result<UploadResult> {
-    let mut out = UploadResult {
-        index_ids: Vec::new(),
-        bytes: 0,
-    };
-    let mut pending = Vec::new();
+    state: &std::sync::Mutex<UploadState>,
+) -> Result<()> {
     for p in rx {
         repo.store.put(&pack_name(&p.id), &p.bytes)?;
         if p.kind == BlobKind::Tree {
             repo.cache_tree_pack(&p.id, &p.bytes);
         }
-        out.bytes += p.bytes.len() as u64;
         Progress::add(&progress.uploaded, p.bytes.len() as u64);
-        pending.push(IndexPack {
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        st.out.bytes += p.bytes.len() as u64;
+        st.pending.push(IndexPack {
             id: p.id,
             size: p.bytes.len() as u64,
             blobs: p.blobs,
         });
-        if pending.len() >= CHECKPOINT_PACKS {
-            write_checkpoint(repo, &mut pending, &mut out)?;
+        if st.pending.len() >= CHECKPOINT_PACKS {
+            let UploadState { pending, out } = &mut *st;
+            write_checkpoint(repo, pending, out)?;
         }
     }
-    write_checkpoint(repo, &mut pending, &mut out)?;
-    Ok(out)
+    Ok(())
+}
+
+/// Parallel pack uploads: storage writes (fsync locally, round trips in the
+/// cloud) overlap each other and the CPU stages.
+pub const UPLOADERS: usize = 3;
+
+/// Deletes database images left by backups that were killed (their process
+/// is gone): a killed run must not leave a copy of the database behind.
+fn remove_stale_images(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("db-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if crate::session::process_start(pid).is_none() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Picks the parent snapshot: the latest from this host with the same paths.
@@ -610,15 +656,22 @@ fn run(
             let _ = fs::remove_file(i);
         }
     };
+    remove_stale_images(&opts.staging_dir);
+    // Database images are taken in the background while the walk starts; the
+    // walker waits for each one when it reaches it.
+    let mut db_threads = Vec::new();
     for db in &sources.databases {
         let abs = absolute(db)?;
-        let image = match crate::sqlite::snapshot_database(&abs, &opts.staging_dir) {
-            Ok(i) => i,
-            Err(e) => {
-                cleanup(&images);
-                return Err(e);
-            }
-        };
+        let image = opts.staging_dir.join(format!(
+            "db-{}-{}.sqlite",
+            std::process::id(),
+            hex::encode(coffer_crypto::random_bytes::<8>()?)
+        ));
+        let (tx, ready) = bounded(1);
+        let (src, dest) = (abs.clone(), image.clone());
+        db_threads.push(std::thread::spawn(move || {
+            let _ = tx.send(crate::sqlite::snapshot_database_to(&src, &dest));
+        }));
         images.push(image.clone());
         paths.push(abs.as_os_str().as_bytes().to_vec());
         databases.push(DatabaseEntry {
@@ -631,6 +684,7 @@ fn run(
             Source::Database {
                 original: abs.clone(),
                 image,
+                ready,
             },
         );
     }
@@ -653,6 +707,14 @@ fn run(
 
     let workers = opts.workers.max(1);
     let repo_ref: &Repository = repo;
+    let upload_state = std::sync::Mutex::new(UploadState {
+        pending: Vec::new(),
+        out: UploadResult {
+            index_ids: Vec::new(),
+            bytes: 0,
+        },
+    });
+    let upload_state = &upload_state;
     let result = std::thread::scope(
         |scope| -> Result<(Tree, Id, BackupSummary, Vec<String>, UploadResult)> {
             let (job_tx, job_rx) = bounded::<Job>(workers * 2);
@@ -666,7 +728,13 @@ fn run(
             }
             drop((job_rx, comp_tx));
             let packer_h = scope.spawn(move || packer(repo_ref, comp_rx, pack_tx));
-            let uploader_h = scope.spawn(move || uploader(repo_ref, pack_rx, progress));
+            let uploader_hs: Vec<_> = (0..UPLOADERS)
+                .map(|_| {
+                    let rx = pack_rx.clone();
+                    scope.spawn(move || uploader(repo_ref, rx, progress, upload_state))
+                })
+                .collect();
+            drop(pack_rx);
             // Refreshes the session until the walk is done (the sender is dropped).
             let (stop_tx, stop_rx) = bounded::<()>(0);
             let heartbeat = scope.spawn(move || {
@@ -709,7 +777,24 @@ fn run(
                 }
             }
             let packed = join_thread(packer_h.join());
-            let uploaded = join_thread(uploader_h.join());
+            let mut uploaded = Ok(());
+            for h in uploader_hs {
+                if let Err(e) = join_thread(h.join()) {
+                    uploaded = Err(e);
+                }
+            }
+            let uploaded = uploaded.and_then(|()| {
+                let mut st = upload_state.lock().unwrap_or_else(|e| e.into_inner());
+                let UploadState { pending, out } = &mut *st;
+                write_checkpoint(repo_ref, pending, out)?;
+                Ok(std::mem::replace(
+                    out,
+                    UploadResult {
+                        index_ids: Vec::new(),
+                        bytes: 0,
+                    },
+                ))
+            });
             drop(stop_tx);
             let _ = heartbeat.join();
             let (tree, id) = walked?;
@@ -721,6 +806,9 @@ fn run(
             Ok((tree, id, summary, warnings, uploaded))
         },
     );
+    for t in db_threads {
+        let _ = t.join();
+    }
     cleanup(&images);
     let (_, tree_id, mut summary, warnings, uploaded) = result?;
 

@@ -270,6 +270,10 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
                 .delete(&format!("condemned/{}", rid.to_hex()))?;
         }
     }
+    // Temporary files of killed writers: an hour is far longer than any
+    // single object write takes.
+    repo.store()
+        .remove_stale_temporaries(std::time::Duration::from_secs(3600))?;
     repo.refresh()?;
     Ok(summary)
 }

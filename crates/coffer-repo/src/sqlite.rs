@@ -2,18 +2,28 @@
 //! backup API: the app may keep writing while the copy is taken.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
 use crate::{RepoError, Result};
 
 /// Copies the database at `src` into a new file in `dir` and returns its path.
+pub fn snapshot_database(src: &Path, dir: &Path) -> Result<PathBuf> {
+    let dest = dir.join(format!(
+        "db-{}.sqlite",
+        hex::encode(coffer_crypto::random_bytes::<8>()?)
+    ));
+    snapshot_database_to(src, &dest)?;
+    Ok(dest)
+}
+
+/// Copies the database at `src` into the new file `dest`.
 ///
 /// The copy runs as one backup step under one read transaction, so it is a
 /// single consistent point in time even in WAL mode with a writer running;
 /// in rollback-journal mode a writer waits (busy timeout 60 s) until it ends.
-pub fn snapshot_database(src: &Path, dir: &Path) -> Result<PathBuf> {
+pub fn snapshot_database_to(src: &Path, dest: &Path) -> Result<()> {
     let err = |detail: String| RepoError::Database {
         path: src.to_path_buf(),
         detail,
@@ -21,11 +31,9 @@ pub fn snapshot_database(src: &Path, dir: &Path) -> Result<PathBuf> {
     if !src.is_file() {
         return Err(err("no such file".into()));
     }
-    std::fs::create_dir_all(dir).map_err(|e| RepoError::local(dir, e))?;
-    let dest = dir.join(format!(
-        "db-{}.sqlite",
-        hex::encode(coffer_crypto::random_bytes::<8>()?)
-    ));
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| RepoError::local(dir, e))?;
+    }
     let source = Connection::open_with_flags(
         src,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -35,15 +43,15 @@ pub fn snapshot_database(src: &Path, dir: &Path) -> Result<PathBuf> {
         .busy_timeout(Duration::from_secs(60))
         .map_err(|e| err(e.to_string()))?;
     let result = (|| {
-        let mut target = Connection::open(&dest)?;
+        let mut target = Connection::open(dest)?;
         {
             let backup = rusqlite::backup::Backup::new(&source, &mut target)?;
             // -1: all pages in one step, under one read transaction.
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 match backup.step(-1)? {
                     rusqlite::backup::StepResult::Done => break,
-                    _ if std::time::Instant::now() > deadline => {
+                    _ if Instant::now() > deadline => {
                         return Err(rusqlite::Error::SqliteFailure(
                             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
                             Some("the database stayed locked for 60 s".into()),
@@ -56,7 +64,7 @@ pub fn snapshot_database(src: &Path, dir: &Path) -> Result<PathBuf> {
         target.close().map_err(|(_, e)| e)
     })();
     if let Err(e) = result {
-        let _ = std::fs::remove_file(&dest);
+        let _ = std::fs::remove_file(dest);
         let detail = if e.to_string().contains("not a database") {
             "not a SQLite database (pass ordinary files as paths, not with --db)".to_string()
         } else {
@@ -64,5 +72,5 @@ pub fn snapshot_database(src: &Path, dir: &Path) -> Result<PathBuf> {
         };
         return Err(err(detail));
     }
-    Ok(dest)
+    Ok(())
 }

@@ -126,6 +126,12 @@ pub trait BlobStore: Send + Sync {
     fn delete(&self, name: &str) -> Result<(), StorageError>;
     /// A human-readable location, for messages.
     fn location(&self) -> String;
+    /// Removes leftovers of interrupted writes older than `age` (temporary
+    /// files of a killed process). Stores without such leftovers do nothing.
+    fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<u64, StorageError> {
+        let _ = age;
+        Ok(0)
+    }
 }
 
 /// Opens the store a repository URL or path names.

@@ -175,4 +175,26 @@ impl BlobStore for LocalStore {
     fn location(&self) -> String {
         self.root.display().to_string()
     }
+
+    fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<u64, StorageError> {
+        let dir = self.root.join(".tmp");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StorageError::io(".tmp", e)),
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|el| el >= age);
+            if old && fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }
