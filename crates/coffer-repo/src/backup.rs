@@ -170,6 +170,8 @@ struct Walker<'a> {
     skip: HashSet<PathBuf>,
     summary: BackupSummary,
     warnings: Vec<String>,
+    /// The read buffer, reused from file to file.
+    read_buf: Vec<u8>,
 }
 
 impl Walker<'_> {
@@ -412,7 +414,9 @@ impl Walker<'_> {
         let chunker = Chunker::new(chunker.params(), self.repo.keys().chunker_seed());
         let key = self.repo.keys().chunk_id_key();
         let mut chunks = Vec::new();
-        let res = chunker.chunk_stream::<_, RepoError>(
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let res = chunker.chunk_stream_with::<_, RepoError>(
+            &mut buf,
             std::io::BufReader::with_capacity(0, file),
             |data| {
                 let id = Id(key.id(data));
@@ -422,6 +426,7 @@ impl Walker<'_> {
                 self.submit(id, BlobKind::Data, data)
             },
         );
+        self.read_buf = buf;
         match res {
             Ok(size) => {
                 self.summary.files_read += 1;
@@ -446,14 +451,21 @@ impl From<std::io::Error> for RepoError {
     }
 }
 
+/// Size of the sample tried before compressing a large blob.
+const SAMPLE: usize = 64 << 10;
+
 fn compress_worker(level: i32, rx: Receiver<Job>, tx: Sender<Compressed>) -> Result<()> {
     let mut z = zstd::bulk::Compressor::new(level)
         .map_err(|e| RepoError::Internal(format!("zstd: {e}")))?;
     for job in rx {
         let raw_len = job.data.len() as u32;
-        // Keep the compressed form only if it saves at least 1/32.
-        let (compression, data) = match z.compress(&job.data) {
-            Ok(c) if c.len() + job.data.len() / 32 < job.data.len() => (Compression::Zstd, c),
+        // Keep the compressed form only if it saves at least 1/32. Large blobs
+        // are tried on a sample first: photos and videos are already
+        // compressed, and zstd would spend most of its time finding that out.
+        let worth_trying = job.data.len() < 2 * SAMPLE
+            || matches!(z.compress(&job.data[..SAMPLE]), Ok(c) if c.len() + SAMPLE / 32 < SAMPLE);
+        let (compression, data) = match worth_trying.then(|| z.compress(&job.data)) {
+            Some(Ok(c)) if c.len() + job.data.len() / 32 < job.data.len() => (Compression::Zstd, c),
             _ => (Compression::None, job.data),
         };
         if tx
@@ -756,6 +768,7 @@ fn run(
                 skip,
                 summary: BackupSummary::default(),
                 warnings: Vec::new(),
+                read_buf: Vec::new(),
             };
             let walked = walker
                 .walk_vdir(Path::new("/"), root, parent_tree)

@@ -76,11 +76,25 @@ impl Chunker {
     /// Memory: one buffer of `2 × max` bytes.
     pub fn chunk_stream<R: Read, E: From<std::io::Error>>(
         &self,
+        reader: R,
+        f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.chunk_stream_with(&mut Vec::new(), reader, f)
+    }
+
+    /// Like [`Chunker::chunk_stream`], reusing `buf` (grown to `2 × max`
+    /// once): zeroing a fresh buffer per file costs more than chunking it.
+    pub fn chunk_stream_with<R: Read, E: From<std::io::Error>>(
+        &self,
+        buf: &mut Vec<u8>,
         mut reader: R,
         mut f: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
         let max = self.params.max as usize;
-        let mut buf = vec![0u8; 2 * max];
+        if buf.len() < 2 * max {
+            buf.resize(2 * max, 0);
+        }
+        let buf = &mut buf[..2 * max];
         let (mut start, mut end, mut eof, mut total) = (0usize, 0usize, false, 0u64);
         loop {
             if !eof && end - start < max {

@@ -354,16 +354,13 @@ fn write_ops(
                     tmp,
                     file,
                     node,
-                    mut err,
+                    err,
                 }) = current.take()
                 {
-                    if let Some(f) = file {
-                        if err.is_none() {
-                            if let Err(e) = f.sync_all() {
-                                err = Some(format!("sync failed: {e}"));
-                            }
-                        }
-                    }
+                    // Like cp, tar and restic, a restore leaves writeback to the
+                    // kernel instead of fsyncing every file (run `sync` to force it);
+                    // write errors, a full disk included, surface from write() above.
+                    drop(file);
                     match err {
                         None => {
                             set_meta(&tmp, &node);
