@@ -348,3 +348,150 @@ fn delete_packs(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::types::BackupSummary;
+
+    const DAY: i64 = 86_400_000_000_000;
+
+    fn snap(day: i64, hour: i64, host: &str) -> (Id, Snapshot) {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&(day * 24 + hour).to_be_bytes());
+        id[8..8 + host.len()].copy_from_slice(host.as_bytes());
+        (
+            Id(id),
+            Snapshot {
+                time_ns: day * DAY + hour * 3_600_000_000_000,
+                hostname: host.into(),
+                paths: vec![b"/data".to_vec()],
+                tree: Id([0; 32]),
+                databases: vec![],
+                parent: None,
+                index_ids: vec![],
+                summary: BackupSummary::default(),
+            },
+        )
+    }
+
+    fn kept(snaps: &[(Id, Snapshot)], p: KeepPolicy) -> Vec<(i64, i64)> {
+        let (keep, _) = apply_policy(snaps, &p);
+        let mut v: Vec<(i64, i64)> = snaps
+            .iter()
+            .filter(|(id, _)| keep.contains(id))
+            .map(|(_, s)| {
+                (
+                    s.time_ns.div_euclid(DAY),
+                    s.time_ns.rem_euclid(DAY) / 3_600_000_000_000,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Two snapshots a day (06:00 and 18:00) for 120 days from 2024-01-01
+    /// (a Monday; day 19723 since the epoch).
+    fn history() -> Vec<(Id, Snapshot)> {
+        (0..120)
+            .flat_map(|d| [snap(19_723 + d, 6, "phone"), snap(19_723 + d, 18, "phone")])
+            .collect()
+    }
+
+    #[test]
+    fn keep_last_keeps_the_newest() {
+        let k = kept(
+            &history(),
+            KeepPolicy {
+                last: 3,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            k,
+            vec![(19_723 + 118, 18), (19_723 + 119, 6), (19_723 + 119, 18)]
+        );
+    }
+
+    #[test]
+    fn keep_daily_keeps_the_newest_of_each_day() {
+        let k = kept(
+            &history(),
+            KeepPolicy {
+                daily: 3,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            k,
+            vec![(19_723 + 117, 18), (19_723 + 118, 18), (19_723 + 119, 18)]
+        );
+    }
+
+    #[test]
+    fn keep_weekly_keeps_the_newest_of_each_monday_based_week() {
+        // Day 119 is Monday 2024-04-29, the start of a week; the weeks before
+        // end on Sundays 2024-04-28 (day 118) and 2024-04-21 (day 111).
+        let k = kept(
+            &history(),
+            KeepPolicy {
+                weekly: 3,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            k,
+            vec![(19_723 + 111, 18), (19_723 + 118, 18), (19_723 + 119, 18)]
+        );
+    }
+
+    #[test]
+    fn keep_monthly_uses_calendar_months() {
+        // The newest of April (day 119 = 2024-04-29), then the last of March
+        // (day 90 = 2024-03-31) and of February (day 59 = 2024-02-29, a leap year).
+        let k = kept(
+            &history(),
+            KeepPolicy {
+                monthly: 3,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            k,
+            vec![(19_723 + 59, 18), (19_723 + 90, 18), (19_723 + 119, 18)]
+        );
+    }
+
+    #[test]
+    fn policies_combine_and_groups_are_separate() {
+        let mut s = history();
+        s.push(snap(19_723, 1, "laptop"));
+        let p = KeepPolicy {
+            last: 1,
+            daily: 2,
+            weekly: 2,
+            monthly: 2,
+        };
+        let (keep, forget) = apply_policy(&s, &p);
+        assert_eq!(keep.len() + forget.len(), s.len());
+        // The laptop's only snapshot is the newest of its own group.
+        assert!(keep.contains(&s.last().unwrap().0));
+        // last 1 and daily 2 and weekly 2 overlap on days 118-119; monthly 2
+        // adds the end of March.
+        let k = kept(&history(), p);
+        assert_eq!(
+            k,
+            vec![(19_723 + 90, 18), (19_723 + 118, 18), (19_723 + 119, 18)]
+        );
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(year_month(0), (1970, 1));
+        assert_eq!(year_month(19_723), (2024, 1));
+        assert_eq!(year_month(19_723 + 59), (2024, 2));
+        assert_eq!(year_month(19_723 + 60), (2024, 3));
+        assert_eq!(year_month(-1), (1969, 12));
+    }
+}
