@@ -29,6 +29,41 @@ pub struct Located {
     pub loc: BlobLocation,
 }
 
+/// One row of the `blobs` table: `id, kind, idx, off, len, raw, zstd`.
+struct BlobRow(Vec<u8>, u8, u32, u32, u32, u32, bool);
+
+impl BlobRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self(
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ))
+    }
+
+    fn location(self) -> Result<BlobLocation> {
+        let BlobRow(id, kind, index, offset, length, raw_length, z) = self;
+        Ok(BlobLocation {
+            id: id_of(id)?,
+            kind: BlobKind::from_byte(kind)
+                .ok_or_else(|| RepoError::Cache("bad blob kind".into()))?,
+            index,
+            offset,
+            length,
+            raw_length,
+            compression: if z {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
+        })
+    }
+}
+
 /// The cache of one repository.
 pub struct Cache {
     conn: Mutex<Connection>,
@@ -165,41 +200,19 @@ impl Cache {
     pub fn locate(&self, id: &Id) -> Result<Option<Located>> {
         let c = self.conn();
         let mut st = c.prepare_cached(
-            "SELECT kind, pack, idx, off, len, raw, zstd FROM blobs WHERE id = ?1",
+            "SELECT id, kind, idx, off, len, raw, zstd, pack FROM blobs WHERE id = ?1",
         )?;
         let row = st
             .query_row(params![&id.0[..]], |r| {
-                Ok((
-                    r.get::<_, u8>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, u32>(4)?,
-                    r.get::<_, u32>(5)?,
-                    r.get::<_, bool>(6)?,
-                ))
+                Ok((BlobRow::read(r)?, r.get::<_, Vec<u8>>(7)?))
             })
             .optional()?;
-        let Some((kind, pack, index, offset, length, raw_length, z)) = row else {
+        let Some((row, pack)) = row else {
             return Ok(None);
         };
-        let kind =
-            BlobKind::from_byte(kind).ok_or_else(|| RepoError::Cache("bad blob kind".into()))?;
         Ok(Some(Located {
             pack: id_of(pack)?,
-            loc: BlobLocation {
-                id: *id,
-                kind,
-                index,
-                offset,
-                length,
-                raw_length,
-                compression: if z {
-                    Compression::Zstd
-                } else {
-                    Compression::None
-                },
-            },
+            loc: row.location()?,
         }))
     }
 
@@ -235,42 +248,14 @@ impl Cache {
         Ok(out)
     }
 
-    /// Calls `f` for every blob of one pack, in pack order.
+    /// Every blob of one pack, in pack order.
     pub fn blobs_of_pack(&self, pack: &Id) -> Result<Vec<BlobLocation>> {
         let c = self.conn();
         let mut st = c.prepare_cached(
             "SELECT id, kind, idx, off, len, raw, zstd FROM blobs WHERE pack = ?1 ORDER BY idx",
         )?;
-        let rows = st.query_map(params![&pack.0[..]], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, u8>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, u32>(4)?,
-                r.get::<_, u32>(5)?,
-                r.get::<_, bool>(6)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (id, kind, index, offset, length, raw_length, z) = r?;
-            out.push(BlobLocation {
-                id: id_of(id)?,
-                kind: BlobKind::from_byte(kind)
-                    .ok_or_else(|| RepoError::Cache("bad blob kind".into()))?,
-                index,
-                offset,
-                length,
-                raw_length,
-                compression: if z {
-                    Compression::Zstd
-                } else {
-                    Compression::None
-                },
-            });
-        }
-        Ok(out)
+        let rows = st.query_map(params![&pack.0[..]], BlobRow::read)?;
+        rows.map(|r| r?.location()).collect()
     }
 
     /// Number of blobs known.
