@@ -268,16 +268,18 @@ def read_index_file(r: Reader) -> dict:
 
 def open_config(obj: bytes, k: bytes) -> tuple[dict, Keys]:
     check_header(obj, KIND_CONFIG, "config")
-    if len(obj) < 6 + 32:
+    if len(obj) < 6 + 64:
         raise Integrity("config: too short")
-    r = Reader(obj[6:-32], "config body")
+    signed, checksum, mac = obj[:-64], obj[-64:-32], obj[-32:]
+    if hashlib.sha256(signed).digest() != checksum:
+        raise Integrity("config: SHA-256 checksum mismatch (damaged)")
+    r = Reader(signed[6:], "config body")
     body = read_config_body(r)
     r.finish()
-    mac = obj[-32:]
     keys = derive_keys(k, body["repo_id"])
     if not hmac.compare_digest(keys.key_check, body["key_check"]):
         raise WrongKey("config: key_check mismatch (wrong key)")
-    if not hmac.compare_digest(hmac_sha256(keys.config_mac_k, obj[:-32]), mac):
+    if not hmac.compare_digest(hmac_sha256(keys.config_mac_k, signed), mac):
         raise Integrity("config: HMAC mismatch (config altered)")
     return body, keys
 
@@ -377,7 +379,8 @@ V_CHUNKER_SEED_0 = 2057442283796367360
 V_CONFIG = bytes.fromhex(
     "434f46520101070707070707070707070707070707078080d0e2c6bfce972f00808020808040808080048080"
     "0180800480801080808008062d191747e61b1d721e9f47ff6dfe909875d24e626e0167593786fd051bfcb35e"
-    "73bbe77b77a1b4fdfcc9796a20e474e51e4ada2fc6e541a4d6b5da21e35da119")
+    "c8558044abb6e192cfd1b5998a583e05f7ca291b5ed941d1b743a8eef3dfc51473bbe77b77a1b4fdfcc9796a"
+    "20e474e51e4ada2fc6e541a4d6b5da21e35da119")
 V_PACK = bytes.fromhex(
     "434f4652011040a27778abddb96043ba4172e409101c3758fdb9aa3394a53ad63f9c50b772301bd32173fff1"
     "c44991d38c7ca847c512085475454b88366c2b46fbd1bdc77259c3076f3b90c83549783c40e38f1df61f633b"

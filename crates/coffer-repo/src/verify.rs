@@ -24,6 +24,8 @@ pub struct VerifySummary {
     pub data_blobs: u64,
     /// Packs in the index.
     pub packs: u64,
+    /// Index files read and authenticated.
+    pub index_files: u64,
     /// Packs read back and checked blob by blob.
     pub packs_read: u64,
     /// Bytes read back.
@@ -59,6 +61,28 @@ pub fn verify(
                 pack_name(id)
             )),
             _ => {}
+        }
+    }
+
+    // Every index file is read and authenticated again: the device's cache
+    // was filled when each was first seen, and storage may have changed since.
+    let known: HashSet<Id> = packs.iter().map(|(id, _, _)| *id).collect();
+    for ix in repo.list_ids("index/")? {
+        match repo.read_index(&ix) {
+            Ok(file) => {
+                s.index_files += 1;
+                for p in file.packs {
+                    if !known.contains(&p.id) {
+                        s.errors.push(format!(
+                            "index/{} lists pack {} that the local index does not have (the index file was replaced)",
+                            ix.to_hex(),
+                            p.id.short()
+                        ));
+                    }
+                }
+            }
+            Err(RepoError::Storage(coffer_storage::StorageError::NotFound { .. })) => {}
+            Err(e) => s.errors.push(e.to_string()),
         }
     }
 

@@ -293,17 +293,24 @@ proptest! {
         prop_assert!(open_config(&bytes, &k(), "test").is_err());
     }
 
-    /// A well-formed body with a key-check made under another key: wrong key.
-    /// With the right key-check but a forged MAC: integrity error.
+    /// A well-formed body with a key-check made under another key (and its
+    /// checksum recomputed, as a forger would): wrong key. With the right
+    /// key-check but a forged MAC: integrity error. Without a matching
+    /// checksum: integrity error (damage, not a wrong key).
     #[test]
-    fn config_forgeries_fail(repo_id in any::<[u8; 16]>(), check in any::<[u8; 32]>(), mac in any::<[u8; 32]>()) {
-        let body = encode(&config_body(repo_id, check));
-        let forged = [&header(Kind::Config)[..], &body, &mac].concat();
+    fn config_forgeries_fail(repo_id in any::<[u8; 16]>(), check in any::<[u8; 32]>(), mac in any::<[u8; 32]>(), sum in any::<[u8; 32]>()) {
+        let signed = |check| [&header(Kind::Config)[..], &encode(&config_body(repo_id, check))].concat();
+        let with_sum = |signed: &[u8], mac: &[u8]| {
+            [signed, ring::digest::digest(&ring::digest::SHA256, signed).as_ref(), mac].concat()
+        };
+        let forged = with_sum(&signed(check), &mac);
         let is_wrong_key = matches!(open_config(&forged, &k(), "t"), Err(RepoError::WrongKey { .. }));
         prop_assert!(is_wrong_key);
+        let damaged = [&signed(check)[..], &sum, &mac].concat();
+        let is_integrity = matches!(open_config(&damaged, &k(), "t"), Err(RepoError::Integrity { .. }));
+        prop_assert!(is_integrity);
         let right = RepoKeys::derive(&k(), &repo_id).key_check();
-        let body = encode(&config_body(repo_id, right));
-        let forged = [&header(Kind::Config)[..], &body, &mac].concat();
+        let forged = with_sum(&signed(right), &mac);
         let is_integrity = matches!(open_config(&forged, &k(), "t"), Err(RepoError::Integrity { .. }));
         prop_assert!(is_integrity);
     }

@@ -1,8 +1,10 @@
 //! The repository config: the only object readable without the key.
 //!
-//! `bytes = header(Config) || postcard(ConfigBody) || HMAC-SHA256(config_mac_key, header || body)`.
-//! The body carries the repository id (the HKDF salt) and a key-check value,
-//! so a wrong key is told apart from a damaged repository.
+//! `bytes = header(Config) || body || SHA-256(header || body) || HMAC-SHA256(config_mac_key, header || body)`
+//! with `body = postcard(ConfigBody)`. The body carries the repository id (the
+//! HKDF salt) and a key-check value, so a wrong key is told apart from a
+//! damaged repository; the unkeyed checksum, checked first, tells accidental
+//! damage to those two fields apart from a wrong key.
 
 use serde::{Deserialize, Serialize};
 
@@ -64,17 +66,34 @@ pub fn encode_config(keys: &RepoKeys, body: &ConfigBody) -> Vec<u8> {
     let mut out = header(Kind::Config).to_vec();
     out.extend_from_slice(&encode(body));
     let mac = keys.config_mac(&out);
+    let sum = ring::digest::digest(&ring::digest::SHA256, &out);
+    out.extend_from_slice(sum.as_ref());
     out.extend_from_slice(&mac);
     out
 }
 
-/// Reads the config's body without the key (to learn the repository id).
-pub fn peek_config(bytes: &[u8]) -> Result<ConfigBody> {
+/// Splits a config into (header || body, checksum, mac) after checking the checksum.
+fn split(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
     check_header(bytes, Kind::Config, CONFIG_NAME)?;
-    if bytes.len() < 6 + 32 {
+    if bytes.len() < 6 + 64 {
         return Err(RepoError::integrity(CONFIG_NAME, "truncated"));
     }
-    decode(&bytes[6..bytes.len() - 32], CONFIG_NAME)
+    let (rest, mac) = bytes.split_at(bytes.len() - 32);
+    let (signed, sum) = rest.split_at(rest.len() - 32);
+    let expect = ring::digest::digest(&ring::digest::SHA256, signed);
+    if expect.as_ref() != sum {
+        return Err(RepoError::integrity(
+            CONFIG_NAME,
+            "checksum mismatch: the config is damaged or truncated",
+        ));
+    }
+    Ok((signed, mac))
+}
+
+/// Reads the config's body without the key (to learn the repository id).
+pub fn peek_config(bytes: &[u8]) -> Result<ConfigBody> {
+    let (signed, _) = split(bytes)?;
+    decode(&signed[6..], CONFIG_NAME)
 }
 
 /// Opens the config with `K`: wrong key → [`RepoError::WrongKey`], altered
@@ -87,7 +106,7 @@ pub fn open_config(bytes: &[u8], k: &BackupKey, location: &str) -> Result<(Confi
             location: location.to_string(),
         });
     }
-    let (signed, mac) = bytes.split_at(bytes.len() - 32);
+    let (signed, mac) = split(bytes)?;
     if !keys.verify_config_mac(signed, mac) {
         return Err(RepoError::integrity(
             CONFIG_NAME,

@@ -62,7 +62,14 @@ pub fn check_header(bytes: &[u8], kind: Kind, name: &str) -> crate::Result<()> {
             "not a Coffer object (bad magic or truncated)",
         ));
     }
-    if bytes[4] != FORMAT_VERSION {
+    if bytes[4] == 0 {
+        // Version 0 never existed: this is damage, not a newer format.
+        return Err(crate::RepoError::integrity(
+            name,
+            "format version 0 does not exist (damaged header)",
+        ));
+    }
+    if bytes[4] > FORMAT_VERSION {
         return Err(crate::RepoError::UnsupportedVersion {
             object: name.to_string(),
             found: bytes[4],

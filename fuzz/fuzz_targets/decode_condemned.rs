@@ -1,0 +1,9 @@
+//! `decode_condemned`: the postcard decode of a `Condemned` (the plaintext behind
+//! authentication) never panics, and what decodes round-trips.
+#![no_main]
+
+use coffer_fuzz::decode_round_trip;
+use coffer_repo::format::types::Condemned;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| decode_round_trip::<Condemned>(data));
