@@ -164,7 +164,7 @@ fn mark<'a>(
 /// Garbage-collects packs no snapshot references.
 pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
     repo.refresh()?;
-    let snaps = repo.snapshots()?;
+    let mut snaps = repo.snapshots()?;
     let mut summary = PruneSummary::default();
 
     // Which packs are unused: indexed packs without a referenced blob, and
@@ -248,6 +248,36 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
         }
     }
 
+    drop(referenced);
+    // A backup that wrote its snapshot after `snaps` was listed and ended
+    // before the session checks above is in no session list: re-read the
+    // index and the snapshots now, and keep every pack they reference.
+    if !ripe.is_empty() {
+        repo.refresh()?;
+        let known: HashSet<Id> = snaps.iter().map(|(id, _)| *id).collect();
+        let newer: Vec<(Id, Snapshot)> = repo
+            .snapshots()?
+            .into_iter()
+            .filter(|(id, _)| !known.contains(id))
+            .collect();
+        if !newer.is_empty() {
+            let referenced = mark(repo, &newer)?;
+            let mut needed = Vec::new();
+            for p in &ripe {
+                for b in repo.cache().blobs_of_pack(p)? {
+                    if referenced.contains(&b.id)? {
+                        needed.push(*p);
+                        break;
+                    }
+                }
+            }
+            drop(referenced);
+            for p in needed {
+                ripe.remove(&p);
+            }
+            snaps.extend(newer);
+        }
+    }
     if !ripe.is_empty() {
         delete_packs(repo, &snaps, &ripe, &unused, &mut summary)?;
     }
@@ -262,8 +292,9 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
                 .delete(&format!("condemned/{}", rid.to_hex()))?;
         }
     }
-    // Temporary files of killed writers: an hour is far longer than any
-    // single object write takes.
+    // Leftovers of killed backups: their session objects, and temporary
+    // files (those of dead processes of this host at once, any after an hour).
+    crate::session::remove_dead_sessions(repo, hostname)?;
     repo.store()
         .remove_stale_temporaries(std::time::Duration::from_secs(3600))?;
     repo.refresh()?;
@@ -285,19 +316,26 @@ fn delete_packs(
     let mut affected: Vec<Id> = Vec::new();
     let mut keep_packs: Vec<IndexPack> = Vec::new();
     let mut supersedes: HashSet<Id> = HashSet::new();
-    let mut by_index: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
-    for (pack, _, ix) in repo.cache().packs()? {
-        by_index.entry(ix).or_default().push(pack);
-    }
-    for (ix, packs) in &by_index {
-        if !packs.iter().any(|p| ripe.contains(p)) {
+    // Every index file, not the cache's one-index-per-pack view: a prune
+    // killed after writing new index files leaves packs listed twice.
+    let mut kept_ids: HashSet<Id> = HashSet::new();
+    for ix in repo.list_ids("index/")? {
+        let file = match repo.read_index(&ix) {
+            Ok(f) => f,
+            Err(RepoError::Storage(coffer_storage::StorageError::NotFound { .. })) => continue,
+            Err(e) => return Err(e),
+        };
+        if !file.packs.iter().any(|p| ripe.contains(&p.id)) {
             continue;
         }
-        let file = repo.read_index(ix)?;
-        affected.push(*ix);
-        supersedes.insert(*ix);
+        affected.push(ix);
+        supersedes.insert(ix);
         supersedes.extend(file.supersedes.iter().copied());
-        keep_packs.extend(file.packs.into_iter().filter(|p| !ripe.contains(&p.id)));
+        keep_packs.extend(
+            file.packs
+                .into_iter()
+                .filter(|p| !ripe.contains(&p.id) && kept_ids.insert(p.id)),
+        );
     }
     // Keep only superseded ids a remaining snapshot still names.
     let mut supersedes: Vec<Id> = supersedes

@@ -107,6 +107,26 @@ pub fn live_sessions(repo: &Repository, hostname: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Deletes the session objects of backups that are gone (killed, or not
+/// refreshed for [`STALE_AFTER`]); returns how many.
+pub fn remove_dead_sessions(repo: &Repository, hostname: &str) -> Result<u64> {
+    let mut removed = 0;
+    for id in repo.list_ids("locks/")? {
+        let name = format!("locks/{}", id.to_hex());
+        // Only a session that reads back and is dead goes; anything unclear stays.
+        let Ok(bytes) = repo.store.get(&name) else {
+            continue;
+        };
+        let info = crate::format::object::open(repo.keys(), Kind::Lock, &id, &bytes, &name)
+            .and_then(|p| decode::<SessionInfo>(&p, &name));
+        if matches!(info, Ok(ref i) if !is_live(i, hostname)) {
+            repo.store.delete(&name)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn is_live(info: &SessionInfo, hostname: &str) -> bool {
     let age = now_ns().saturating_sub(info.refreshed_ns);
     if age > STALE_AFTER.as_nanos() as i64 {

@@ -29,7 +29,15 @@ impl LocalStore {
     fn write_temp(&self, name: &str, data: &[u8]) -> Result<PathBuf, StorageError> {
         let tmp_dir = self.root.join(".tmp");
         fs::create_dir_all(&tmp_dir).map_err(|e| StorageError::io(name, e))?;
-        let tmp = tmp_dir.join(format!("{}.{}", name.replace('/', "_"), random_suffix()));
+        // `<name>.<host>-<pid>.<random>`: leftovers of a killed process of
+        // this host can be recognised and removed at once.
+        let tmp = tmp_dir.join(format!(
+            "{}.{}-{}.{}",
+            name.replace('/', "_"),
+            host_tag(),
+            std::process::id(),
+            random_suffix()
+        ));
         let res = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(data)?;
@@ -48,6 +56,16 @@ impl LocalStore {
         }
         Ok(())
     }
+}
+
+/// This host's name, made safe for a file name (no dots or slashes).
+fn host_tag() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 fn sync_dir(dir: Option<&Path>) {
@@ -152,10 +170,12 @@ impl BlobStore for LocalStore {
                         stack.push(name);
                     }
                 } else if name.starts_with(prefix) {
-                    let size = entry
-                        .metadata()
-                        .map_err(|e| StorageError::io(&name, e))?
-                        .len();
+                    let size = match entry.metadata() {
+                        Ok(m) => m.len(),
+                        // Deleted since the directory was read.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(StorageError::io(&name, e)),
+                    };
                     out.push(ObjectInfo { name, size });
                 }
             }
@@ -191,7 +211,15 @@ impl BlobStore for LocalStore {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|el| el >= age);
-            if old && fs::remove_file(e.path()).is_ok() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let dead_writer = name
+                .rsplit('.')
+                .nth(1)
+                .and_then(|w| w.rsplit_once('-'))
+                .filter(|(host, _)| *host == host_tag())
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if (old || dead_writer) && fs::remove_file(e.path()).is_ok() {
                 removed += 1;
             }
         }
