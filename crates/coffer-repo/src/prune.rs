@@ -248,7 +248,6 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
         }
     }
 
-    drop(referenced);
     // A backup that wrote its snapshot after `snaps` was listed and ended
     // before the session checks above is in no session list: re-read the
     // index and the snapshots now, and keep every pack they reference.
@@ -271,7 +270,6 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
                     }
                 }
             }
-            drop(referenced);
             for p in needed {
                 ripe.remove(&p);
             }
