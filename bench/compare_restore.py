@@ -58,7 +58,9 @@ def main():
     ok = logical = 0
     problems = []
     used = set()
-    src_files = walk(src)
+    # SQLite's -wal/-shm side files appear next to the DB once anything opens it
+    # (coffer's --db snapshot included); neither tool backs them up as files.
+    src_files = [f for f in walk(src) if not f.endswith(("-wal", "-shm"))]
     for rel in sorted(src_files):
         cands = [c for c in by_name.get(os.path.basename(rel), []) if c == rel or c.endswith(os.sep + rel)]
         if not cands:

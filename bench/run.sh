@@ -76,7 +76,7 @@ mkdir -p "$LOGS"
 RESULTS="$LOGS/results.tsv"
 : >"$RESULTS"
 
-data_bytes() { find "$DATA" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'; }
+data_bytes() { find "$DATA" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'; }
 data_files() { find "$DATA" -type f | wc -l; }
 put() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; } # tool step key value
 
