@@ -4,16 +4,24 @@
 //! first. Each file is written to a temporary name and renamed into place
 //! only when all of its chunks checked out; a file with a bad chunk is
 //! removed and reported, and the restore as a whole fails.
+//!
+//! Threads: the calling thread walks the trees, creates directories and
+//! symlinks and queues chunks; `workers` threads each take any queued chunk,
+//! read and authenticate it, and write it at its offset (`pwrite`), so both
+//! cores share the kernel's page-cache copies. The worker that finishes a
+//! file's last chunk renames it into place.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{bounded, Sender};
 
 use crate::cache::Located;
 use crate::format::types::{Node, NodeKind, Snapshot, Tree};
@@ -48,16 +56,94 @@ pub struct RestoreSummary {
     pub failures: Vec<String>,
 }
 
-enum Op {
-    Begin { path: PathBuf, node: Node },
-    Chunk { seq: u64 },
-    End,
-    DirDone { path: PathBuf, node: Node },
+/// A file being restored: its chunks may complete in any order.
+struct FileJob {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    node: Node,
+    remaining: AtomicU64,
+    error: Mutex<Option<String>>,
 }
 
-struct Fetch {
-    seq: u64,
+/// One chunk to fetch, authenticate and write at `offset` of `file`.
+struct ChunkJob {
+    file: Arc<FileJob>,
+    offset: u64,
     located: Located,
+}
+
+#[derive(Default)]
+struct Shared {
+    summary: Mutex<RestoreSummary>,
+}
+
+impl Shared {
+    fn summary(&self) -> std::sync::MutexGuard<'_, RestoreSummary> {
+        self.summary.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called once per file, when its last chunk is done (or it failed).
+    fn finish(&self, job: &FileJob, progress: &Progress) {
+        let error = job.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match error {
+            None => {
+                set_meta(&job.tmp, &job.node);
+                match fs::rename(&job.tmp, &job.path) {
+                    Ok(()) => {
+                        self.summary().files += 1;
+                        Progress::add(&progress.files, 1);
+                    }
+                    Err(e) => {
+                        let _ = fs::remove_file(&job.tmp);
+                        self.summary()
+                            .failures
+                            .push(format!("{}: {e}", job.path.display()));
+                    }
+                }
+            }
+            Some(e) => {
+                let _ = fs::remove_file(&job.tmp);
+                self.summary()
+                    .failures
+                    .push(format!("{}: {e}", job.path.display()));
+            }
+        }
+    }
+}
+
+fn chunk_worker(repo: &Repository, job: ChunkJob, shared: &Shared, progress: &Progress) {
+    let failed = job
+        .file
+        .error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_some();
+    if !failed {
+        let result = repo.read_blob(&job.located).and_then(|data| {
+            job.file
+                .file
+                .write_all_at(&data, job.offset)
+                .map(|()| data.len() as u64)
+                .map_err(|e| RepoError::local(&job.file.tmp, e))
+        });
+        match result {
+            Ok(n) => {
+                shared.summary().bytes += n;
+                Progress::add(&progress.bytes, n);
+            }
+            Err(e) => {
+                job.file
+                    .error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e.to_string());
+            }
+        }
+    }
+    if job.file.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        shared.finish(&job.file, progress);
+    }
 }
 
 /// Restores a snapshot (or part of it) under `target`.
@@ -98,56 +184,52 @@ pub fn restore(
         }
     }
     let total: u64 = selected.iter().map(|(_, n)| size_of(repo, n)).sum();
-    progress
-        .total_bytes
-        .store(total, std::sync::atomic::Ordering::Relaxed);
+    progress.total_bytes.store(total, Ordering::Relaxed);
 
     let workers = opts.workers.max(1);
-    std::thread::scope(|scope| {
-        let (op_tx, op_rx) = bounded::<Op>(16);
-        let (job_tx, job_rx) = bounded::<Fetch>(workers * 2);
-        let (res_tx, res_rx) = bounded::<(u64, Result<Vec<u8>>)>(workers * 4 + 32);
+    let shared = Shared::default();
+    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
+    let planned = std::thread::scope(|scope| {
+        let (tx, rx) = bounded::<ChunkJob>(workers * 4);
         for _ in 0..workers {
-            let (rx, tx) = (job_rx.clone(), res_tx.clone());
+            let rx = rx.clone();
+            let shared = &shared;
             scope.spawn(move || {
-                for f in rx {
-                    let r = repo.read_blob(&f.located);
-                    if tx.send((f.seq, r)).is_err() {
-                        break;
-                    }
+                for job in rx {
+                    chunk_worker(repo, job, shared, progress);
                 }
             });
         }
-        drop((job_rx, res_tx));
-        let writer = scope.spawn(move || write_ops(op_rx, res_rx, progress));
+        drop(rx);
         let mut planner = Planner {
             repo,
-            ops: op_tx,
-            jobs: job_tx,
-            seq: 0,
+            jobs: tx,
+            shared: &shared,
+            progress,
+            dirs: &mut dirs,
         };
-        let mut planned = Ok(());
         for (path, node) in selected {
             let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
             let dest = target.join(rel);
             if let Some(parent) = dest.parent() {
-                if let Err(e) = fs::create_dir_all(parent) {
-                    planned = Err(RepoError::local(parent, e));
-                    break;
-                }
+                fs::create_dir_all(parent).map_err(|e| RepoError::local(parent, e))?;
             }
-            if let Err(e) = planner.node(&dest, node) {
-                planned = Err(e);
-                break;
-            }
+            planner.node(&dest, node)?;
         }
-        drop(planner);
-        let summary = writer
-            .join()
-            .map_err(|_| RepoError::Internal("the restore writer panicked".into()))?;
-        planned?;
-        Ok(summary)
-    })
+        Ok::<(), RepoError>(())
+        // The sender is dropped with the planner; the scope joins the workers.
+    });
+    // Directory times last, deepest first, once everything inside is written.
+    for (path, node) in dirs.iter().rev() {
+        set_meta(path, node);
+    }
+    let mut summary = shared
+        .summary
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    summary.dirs = dirs.len() as u64;
+    planned?;
+    Ok(summary)
 }
 
 fn size_of(repo: &Repository, node: &Node) -> u64 {
@@ -190,20 +272,15 @@ pub fn find_node(repo: &Repository, root: &Tree, p: &Path) -> Result<Node> {
     Err(not_found())
 }
 
-struct Planner<'a> {
+struct Planner<'a, 'd> {
     repo: &'a Repository,
-    ops: Sender<Op>,
-    jobs: Sender<Fetch>,
-    seq: u64,
+    jobs: Sender<ChunkJob>,
+    shared: &'a Shared,
+    progress: &'a Progress,
+    dirs: &'d mut Vec<(PathBuf, Node)>,
 }
 
-impl Planner<'_> {
-    fn send(&self, op: Op) -> Result<()> {
-        self.ops
-            .send(op)
-            .map_err(|_| RepoError::Internal("the restore writer stopped".into()))
-    }
-
+impl Planner<'_, '_> {
     fn node(&mut self, dest: &Path, node: Node) -> Result<()> {
         match &node.kind {
             NodeKind::Dir { subtree } => {
@@ -227,27 +304,51 @@ impl Planner<'_> {
                     let p = dest.join(OsStr::from_bytes(&child.name));
                     self.node(&p, child)?;
                 }
-                self.send(Op::DirDone {
-                    path: dest.to_path_buf(),
-                    node,
-                })
+                self.dirs.push((dest.to_path_buf(), node));
+                Ok(())
             }
-            NodeKind::File { chunks, .. } => {
-                let chunks = chunks.clone();
-                self.send(Op::Begin {
-                    path: dest.to_path_buf(),
-                    node,
-                })?;
+            NodeKind::File { chunks, size } => {
+                // Locate every chunk first: a missing one fails the file before
+                // anything is written, and the offsets must add up to the size.
+                let what = dest.display().to_string();
+                let mut located = Vec::with_capacity(chunks.len());
+                let mut offset = 0u64;
                 for c in chunks {
-                    let located = self.repo.locate(&c, &dest.display().to_string())?;
-                    let seq = self.seq;
-                    self.seq += 1;
-                    self.send(Op::Chunk { seq })?;
-                    self.jobs
-                        .send(Fetch { seq, located })
-                        .map_err(|_| RepoError::Internal("restore workers stopped".into()))?;
+                    let l = self.repo.locate(c, &what)?;
+                    let len = u64::from(l.loc.raw_length);
+                    located.push((offset, l));
+                    offset += len;
                 }
-                self.send(Op::End)
+                if offset != *size {
+                    return Err(RepoError::integrity(
+                        &what,
+                        format!("its chunks hold {offset} bytes, the tree says {size}"),
+                    ));
+                }
+                let tmp = temp_name(dest);
+                let file = File::create(&tmp).map_err(|e| RepoError::local(&tmp, e))?;
+                let job = Arc::new(FileJob {
+                    path: dest.to_path_buf(),
+                    tmp,
+                    file,
+                    node: node.clone(),
+                    remaining: AtomicU64::new(located.len() as u64),
+                    error: Mutex::new(None),
+                });
+                if located.is_empty() {
+                    self.shared.finish(&job, self.progress);
+                    return Ok(());
+                }
+                for (offset, located) in located {
+                    self.jobs
+                        .send(ChunkJob {
+                            file: job.clone(),
+                            offset,
+                            located,
+                        })
+                        .map_err(|_| RepoError::Internal("the restore workers stopped".into()))?;
+                }
+                Ok(())
             }
             NodeKind::Symlink { target } => {
                 let _ = fs::remove_file(dest);
@@ -258,13 +359,8 @@ impl Planner<'_> {
                     node.mtime_ns.rem_euclid(1_000_000_000) as u32,
                 );
                 let _ = filetime::set_symlink_file_times(dest, t, t);
-                self.send(Op::DirDone {
-                    path: PathBuf::new(),
-                    node: Node {
-                        kind: NodeKind::Symlink { target: Vec::new() },
-                        ..node
-                    },
-                })
+                self.shared.summary().symlinks += 1;
+                Ok(())
             }
         }
     }
@@ -284,120 +380,4 @@ fn set_meta(path: &Path, node: &Node) {
         node.mtime_ns.rem_euclid(1_000_000_000) as u32,
     );
     let _ = filetime::set_file_times(path, t, t);
-}
-
-/// The file the writer is filling.
-struct OpenFile {
-    path: PathBuf,
-    tmp: PathBuf,
-    file: Option<File>,
-    node: Node,
-    err: Option<String>,
-}
-
-fn write_ops(
-    ops: Receiver<Op>,
-    results: Receiver<(u64, Result<Vec<u8>>)>,
-    progress: &Progress,
-) -> RestoreSummary {
-    let mut summary = RestoreSummary::default();
-    let mut ready: BTreeMap<u64, Result<Vec<u8>>> = BTreeMap::new();
-    let mut current: Option<OpenFile> = None;
-    for op in ops {
-        match op {
-            Op::Begin { path, node } => {
-                let tmp = temp_name(&path);
-                let (file, err) = match File::create(&tmp) {
-                    Ok(f) => (Some(f), None),
-                    Err(e) => (None, Some(format!("cannot create: {e}"))),
-                };
-                current = Some(OpenFile {
-                    path,
-                    tmp,
-                    file,
-                    node,
-                    err,
-                });
-            }
-            Op::Chunk { seq } => {
-                let data = loop {
-                    if let Some(d) = ready.remove(&seq) {
-                        break d;
-                    }
-                    match results.recv() {
-                        Ok((s, d)) => {
-                            ready.insert(s, d);
-                        }
-                        Err(_) => break Err(RepoError::Internal("restore workers stopped".into())),
-                    }
-                };
-                if let Some(OpenFile { file, err, .. }) = current.as_mut() {
-                    if err.is_none() {
-                        match data {
-                            Ok(bytes) => {
-                                if let Some(f) = file.as_mut() {
-                                    if let Err(e) = f.write_all(&bytes) {
-                                        *err = Some(format!("write failed: {e}"));
-                                    }
-                                }
-                                summary.bytes += bytes.len() as u64;
-                                Progress::add(&progress.bytes, bytes.len() as u64);
-                            }
-                            Err(e) => *err = Some(e.to_string()),
-                        }
-                    }
-                }
-            }
-            Op::End => {
-                if let Some(OpenFile {
-                    path,
-                    tmp,
-                    file,
-                    node,
-                    err,
-                }) = current.take()
-                {
-                    // Like cp, tar and restic, a restore leaves writeback to the
-                    // kernel instead of fsyncing every file (run `sync` to force it);
-                    // write errors, a full disk included, surface from write() above.
-                    drop(file);
-                    match err {
-                        None => {
-                            set_meta(&tmp, &node);
-                            match fs::rename(&tmp, &path) {
-                                Ok(()) => {
-                                    summary.files += 1;
-                                    Progress::add(&progress.files, 1);
-                                }
-                                Err(e) => {
-                                    let _ = fs::remove_file(&tmp);
-                                    summary.failures.push(format!("{}: {e}", path.display()));
-                                }
-                            }
-                        }
-                        Some(e) => {
-                            let _ = fs::remove_file(&tmp);
-                            summary.failures.push(format!("{}: {e}", path.display()));
-                        }
-                    }
-                }
-            }
-            Op::DirDone { path, node } => match node.kind {
-                NodeKind::Symlink { .. } => summary.symlinks += 1,
-                _ => {
-                    set_meta(&path, &node);
-                    summary.dirs += 1;
-                }
-            },
-        }
-    }
-    // The planner stopped in the middle of a file: that file is not restored.
-    if let Some(OpenFile { path, tmp, .. }) = current.take() {
-        let _ = fs::remove_file(&tmp);
-        summary.failures.push(format!(
-            "{}: restore stopped before this file was complete",
-            path.display()
-        ));
-    }
-    summary
 }
