@@ -51,15 +51,17 @@ pub fn pack_name(id: &Id) -> String {
 }
 
 /// Granularity of the padding of full packs.
-pub const FULL_PACK_GRANULE: u64 = 64 << 10;
+pub const FULL_PACK_GRANULE: u64 = 4 << 10;
 
 /// The padded size of a pack of `len` bytes whose writer aims at `target`.
 ///
 /// A pack closed below its target (the last pack of a backup, or a small
 /// backup) has a size that tracks how much data changed: it gets Padmé
 /// padding. A full pack's size says only that it is full; it is rounded to
-/// 64 KiB, which keeps the overhead of the bulk of the repository near 0.2%
-/// instead of Padmé's 1.5% at 16 MiB.
+/// 4 KiB (a filesystem block), which keeps the overhead of the bulk of the
+/// repository near 0.01% instead of Padmé's 1.5% at 16 MiB. What a full
+/// pack's exact size could still tell — roughly how far its last blob went
+/// past the target — concerns one blob of unknown identity per pack.
 pub fn padded_len(len: u64, target: u64) -> u64 {
     if target > 0 && len >= target {
         len.div_ceil(FULL_PACK_GRANULE) * FULL_PACK_GRANULE
