@@ -153,6 +153,26 @@ pub fn open(location: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
     Ok(Arc::new(LocalStore::new(PathBuf::from(location))))
 }
 
+/// The end of `len` bytes at `offset` in an object of `size` bytes, or the
+/// [`StorageError::ShortRead`] a truncated object gives.
+pub(crate) fn check_range(
+    name: &str,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<u64, StorageError> {
+    let end = offset.saturating_add(len);
+    if end > size {
+        return Err(StorageError::ShortRead {
+            name: name.to_string(),
+            offset,
+            end,
+            size,
+        });
+    }
+    Ok(end)
+}
+
 pub(crate) fn random_suffix() -> String {
     let mut b = [0u8; 8];
     // Only names a temporary file; on the (never seen) failure fall back to the pid.

@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::{random_suffix, BlobStore, ObjectInfo, PutOutcome, StorageError};
+use crate::{check_range, random_suffix, BlobStore, ObjectInfo, PutOutcome, StorageError};
 
 /// Objects as files under a root directory.
 ///
@@ -120,15 +120,7 @@ impl BlobStore for LocalStore {
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
         let mut f = File::open(self.path(name)).map_err(|e| StorageError::io(name, e))?;
         let size = f.metadata().map_err(|e| StorageError::io(name, e))?.len();
-        let end = offset.saturating_add(len);
-        if end > size {
-            return Err(StorageError::ShortRead {
-                name: name.to_string(),
-                offset,
-                end,
-                size,
-            });
-        }
+        check_range(name, offset, len, size)?;
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| StorageError::io(name, e))?;
         let mut buf = vec![0u8; len as usize];

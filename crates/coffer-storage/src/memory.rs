@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::{BlobStore, ObjectInfo, PutOutcome, StorageError};
+use crate::{check_range, BlobStore, ObjectInfo, PutOutcome, StorageError};
 
 /// Objects in a map; every operation is atomic.
 #[derive(Debug, Default)]
@@ -53,15 +53,7 @@ impl BlobStore for MemStore {
             name: name.to_string(),
         })?;
         let size = obj.len() as u64;
-        let end = offset.saturating_add(len);
-        if end > size {
-            return Err(StorageError::ShortRead {
-                name: name.to_string(),
-                offset,
-                end,
-                size,
-            });
-        }
+        let end = check_range(name, offset, len, size)?;
         Ok(obj[offset as usize..end as usize].to_vec())
     }
 
