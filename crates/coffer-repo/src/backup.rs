@@ -415,7 +415,7 @@ impl Walker<'_> {
         let key = self.repo.keys().chunk_id_key();
         let mut chunks = Vec::new();
         let mut buf = std::mem::take(&mut self.read_buf);
-        let res = chunker.chunk_stream_with::<_, RepoError>(
+        let res = chunker.chunk_stream_with::<_, ReadError>(
             &mut buf,
             std::io::BufReader::with_capacity(0, file),
             |data| {
@@ -424,6 +424,7 @@ impl Walker<'_> {
                 self.summary.bytes_read += data.len() as u64;
                 Progress::add(&self.progress.bytes, data.len() as u64);
                 self.submit(id, BlobKind::Data, data)
+                    .map_err(ReadError::Repo)
             },
         );
         self.read_buf = buf;
@@ -433,21 +434,26 @@ impl Walker<'_> {
                 Progress::add(&self.progress.files, 1);
                 Ok(Some((size, chunks)))
             }
-            Err(RepoError::Local { source, .. }) => {
-                self.warn(path, source);
+            // The file could not be read (vanished, permissions, I/O error):
+            // a warning, and the snapshot goes on without it.
+            Err(ReadError::Io(e)) => {
+                self.warn(path, e);
                 Ok(None)
             }
-            Err(e) => Err(e),
+            Err(ReadError::Repo(e)) => Err(e),
         }
     }
 }
 
-impl From<std::io::Error> for RepoError {
+/// Why reading one file stopped: the file itself, or the engine.
+enum ReadError {
+    Io(std::io::Error),
+    Repo(RepoError),
+}
+
+impl From<std::io::Error> for ReadError {
     fn from(e: std::io::Error) -> Self {
-        RepoError::Local {
-            path: PathBuf::new(),
-            source: e,
-        }
+        ReadError::Io(e)
     }
 }
 
