@@ -313,3 +313,31 @@ fn dir_size(p: &Path) -> u64 {
         })
         .sum()
 }
+
+/// A path that cannot be backed up (a FIFO) is a warning: the snapshot is
+/// saved without it, the exit code says so (1), and the rest restores.
+#[test]
+fn unreadable_paths_are_warnings_and_the_snapshot_is_saved() {
+    let cli = Cli::init(Path::new(BIN));
+    let src = cli.path("media");
+    write_tree(&src, 21, 6, 10_000);
+    let fifo = src.join("a-fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let o = cli.run(&["backup", "--json", src.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let warnings = v["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{v}");
+    assert!(warnings[0].as_str().unwrap().contains("a-fifo"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warning"));
+    assert_eq!(cli.json(&["snapshots"]).as_array().unwrap().len(), 1);
+
+    std::fs::remove_file(&fifo).unwrap();
+    let target = cli.path("out");
+    restore(&cli, &target, &[]);
+    assert_same_tree(&src, &Cli::restored(&target, &src));
+}
