@@ -196,7 +196,7 @@ impl Walker<'_> {
 
     fn warn(&mut self, path: &Path, what: impl std::fmt::Display) {
         let msg = format!("{}: {what}", path.display());
-        tracing::warn!("{msg}");
+        tracing::debug!("{msg}");
         self.warnings.push(msg);
         self.summary.errors += 1;
     }
@@ -845,6 +845,9 @@ fn run(
     cleanup(&images);
     let (_, tree_id, mut summary, warnings, uploaded) = result?;
 
+    if summary.files == 0 && summary.dirs == 0 && !warnings.is_empty() {
+        return Err(RepoError::NothingReadable(warnings.join("; ")));
+    }
     summary.bytes_added = uploaded.bytes;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     let snapshot = Snapshot {

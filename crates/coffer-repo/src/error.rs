@@ -50,6 +50,9 @@ pub enum RepoError {
     /// No snapshot matches what was asked for.
     #[error("no snapshot matches {0:?} (see `coffer snapshots`)")]
     SnapshotNotFound(String),
+    /// None of the paths given could be read: no snapshot was written.
+    #[error("nothing could be backed up: {0}")]
+    NothingReadable(String),
     /// A path asked for is not in the snapshot.
     #[error("{0:?} is not in the snapshot")]
     PathNotInSnapshot(String),
@@ -57,13 +60,12 @@ pub enum RepoError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// A local file or directory could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Local {
         /// The local path.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (part of the message, so not repeated as a source).
+        error: std::io::Error,
     },
     /// The local cache (a derived copy of the index) failed.
     #[error("local cache error: {0} (the cache can be deleted safely; it is rebuilt from the repository)")]
@@ -92,10 +94,10 @@ impl RepoError {
         }
     }
 
-    pub(crate) fn local(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn local(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Self::Local {
             path: path.into(),
-            source,
+            error,
         }
     }
 }

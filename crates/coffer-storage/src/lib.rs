@@ -50,13 +50,12 @@ pub enum StorageError {
         name: String,
     },
     /// Any other I/O failure, with the object concerned.
-    #[error("storage I/O error on {name}: {source}")]
+    #[error("storage I/O error on {name}: {error}")]
     Io {
         /// The object's name (or the store's location).
         name: String,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The location cannot be used as a store.
     #[error("cannot use {location} as a repository: {reason}")]
@@ -69,20 +68,27 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub(crate) fn io(name: &str, source: std::io::Error) -> Self {
-        if source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull {
-            return Self::NoSpace {
+    /// A failed read: a missing object is [`StorageError::NotFound`].
+    pub(crate) fn io(name: &str, error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            return Self::NotFound {
                 name: name.to_string(),
             };
         }
-        if source.kind() == std::io::ErrorKind::NotFound {
-            return Self::NotFound {
+        Self::write_io(name, error)
+    }
+
+    /// A failed write: "not found" here means a missing directory, not a
+    /// missing object, and a full disk is [`StorageError::NoSpace`].
+    pub(crate) fn write_io(name: &str, error: std::io::Error) -> Self {
+        if error.raw_os_error() == Some(28) || error.kind() == std::io::ErrorKind::StorageFull {
+            return Self::NoSpace {
                 name: name.to_string(),
             };
         }
         Self::Io {
             name: name.to_string(),
-            source,
+            error,
         }
     }
 }

@@ -28,7 +28,7 @@ impl LocalStore {
 
     fn write_temp(&self, name: &str, data: &[u8]) -> Result<PathBuf, StorageError> {
         let tmp_dir = self.root.join(".tmp");
-        fs::create_dir_all(&tmp_dir).map_err(|e| StorageError::io(name, e))?;
+        fs::create_dir_all(&tmp_dir).map_err(|e| StorageError::write_io(name, e))?;
         // `<name>.<host>-<pid>.<random>`: leftovers of a killed process of
         // this host can be recognised and removed at once.
         let tmp = tmp_dir.join(format!(
@@ -45,14 +45,14 @@ impl LocalStore {
         })();
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
-            return Err(StorageError::io(name, e));
+            return Err(StorageError::write_io(name, e));
         }
         Ok(tmp)
     }
 
     fn parent_ready(&self, name: &str, path: &Path) -> Result<(), StorageError> {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| StorageError::io(name, e))?;
+            fs::create_dir_all(parent).map_err(|e| StorageError::write_io(name, e))?;
         }
         Ok(())
     }
@@ -85,7 +85,7 @@ impl BlobStore for LocalStore {
         let tmp = self.write_temp(name, data)?;
         if let Err(e) = fs::rename(&tmp, &path) {
             let _ = fs::remove_file(&tmp);
-            return Err(StorageError::io(name, e));
+            return Err(StorageError::write_io(name, e));
         }
         sync_dir(path.parent());
         Ok(())
@@ -109,7 +109,7 @@ impl BlobStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Ok(PutOutcome::AlreadyExists)
             }
-            Err(e) => Err(StorageError::io(name, e)),
+            Err(e) => Err(StorageError::write_io(name, e)),
         }
     }
 
