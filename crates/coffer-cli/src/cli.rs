@@ -7,11 +7,9 @@ use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use coffer_client::{
-    BackupSources, Coffer, KeepPolicy, Progress, RecoveryKey, RepoError, RestoreOptions,
-};
+use coffer_client::{BackupSources, Coffer, KeepPolicy, RecoveryKey, RepoError, RestoreOptions};
 
-use crate::output::{self, Ticker};
+use crate::output::{self, with_progress};
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -219,17 +217,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 )));
             }
             let mut coffer = open(&args)?;
-            let progress = std::sync::Arc::new(Progress::default());
-            let ticker = Ticker::start(&progress, output::Kind::Backup, args.json);
-            let res = coffer.backup(
-                &BackupSources {
-                    paths: paths.clone(),
-                    databases: dbs.clone(),
-                },
-                *force,
-                &progress,
-            );
-            ticker.finish();
+            let sources = BackupSources {
+                paths: paths.clone(),
+                databases: dbs.clone(),
+            };
+            let res = with_progress(output::Kind::Backup, args.json, |p| {
+                coffer.backup(&sources, *force, p)
+            });
             let outcome = res?;
             output::backup_summary(&outcome, args.json);
             Ok(if outcome.warnings.is_empty() {
@@ -250,19 +244,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             db_only,
         } => {
             let coffer = open(&args)?;
-            let progress = std::sync::Arc::new(Progress::default());
-            let ticker = Ticker::start(&progress, output::Kind::Restore, args.json);
-            let res = coffer.restore(
-                snapshot,
-                target,
-                RestoreOptions {
-                    path: path.clone(),
-                    databases_only: *db_only,
-                    workers: 0,
-                },
-                &progress,
-            );
-            ticker.finish();
+            let opts = RestoreOptions {
+                path: path.clone(),
+                databases_only: *db_only,
+                workers: 0,
+            };
+            let res = with_progress(output::Kind::Restore, args.json, |p| {
+                coffer.restore(snapshot, target, opts, p)
+            });
             let (id, summary) = res?;
             output::restore_summary(&id, &summary, target, args.json);
             if summary.failures.is_empty() {
@@ -292,10 +281,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 }
             };
             let coffer = open(&args)?;
-            let progress = std::sync::Arc::new(Progress::default());
-            let ticker = Ticker::start(&progress, output::Kind::Verify, args.json);
-            let res = coffer.verify(pct, &progress);
-            ticker.finish();
+            let res = with_progress(output::Kind::Verify, args.json, |p| coffer.verify(pct, p));
             let s = res?;
             output::verify_summary(&s, args.json);
             if s.errors.is_empty() {

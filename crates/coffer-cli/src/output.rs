@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,79 +20,63 @@ pub enum Kind {
     Verify,
 }
 
-/// A progress display on stderr, drawn only on a terminal and never with --json.
-pub struct Ticker {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<()>>,
+/// Runs `op` with live counters, drawn as a progress display on stderr while
+/// it runs — only on a terminal, and never with --json.
+pub fn with_progress<T>(kind: Kind, json: bool, op: impl FnOnce(&Progress) -> T) -> T {
+    let progress = Progress::default();
+    if json || !std::io::stderr().is_terminal() {
+        return op(&progress);
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| draw(&progress, kind, &stop));
+        let result = op(&progress);
+        stop.store(true, Ordering::Relaxed);
+        result
+    })
 }
 
-impl Ticker {
-    pub fn start(progress: &Arc<Progress>, kind: Kind, json: bool) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        if json || !std::io::stderr().is_terminal() {
-            return Self { stop, handle: None };
+fn draw(p: &Progress, kind: Kind, stop: &AtomicBool) {
+    let bar = ProgressBar::new(0);
+    let style = match kind {
+        Kind::Backup => "{spinner} backup  {msg}",
+        Kind::Restore => {
+            "{spinner} restore [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}"
         }
-        let p = progress.clone();
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let bar = ProgressBar::new(0);
-            let style = match kind {
-                Kind::Backup => "{spinner} backup  {msg}",
-                Kind::Restore => "{spinner} restore [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
-                Kind::Verify => "{spinner} verify  [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
-            };
-            bar.set_style(
-                ProgressStyle::with_template(style)
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            let start = Instant::now();
-            while !s.load(Ordering::Relaxed) {
-                let bytes = Progress::get(&p.bytes);
-                let files = Progress::get(&p.files);
-                match kind {
-                    Kind::Backup => {
-                        let secs = start.elapsed().as_secs_f64().max(0.001);
-                        bar.set_message(format!(
-                            "{files} files, {} read ({}/s), {} uploaded  {}",
-                            human_bytes(bytes),
-                            human_bytes((bytes as f64 / secs) as u64),
-                            human_bytes(Progress::get(&p.uploaded)),
-                            truncate(&p.current(), 40)
-                        ));
-                    }
-                    _ => {
-                        bar.set_length(Progress::get(&p.total_bytes));
-                        bar.set_position(bytes);
-                        bar.set_message(format!("{files} files"));
-                    }
-                }
-                bar.tick();
-                std::thread::sleep(Duration::from_millis(100));
+        Kind::Verify => {
+            "{spinner} verify  [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}"
+        }
+    };
+    bar.set_style(
+        ProgressStyle::with_template(style)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let bytes = Progress::get(&p.bytes);
+        let files = Progress::get(&p.files);
+        match kind {
+            Kind::Backup => {
+                let secs = start.elapsed().as_secs_f64().max(0.001);
+                bar.set_message(format!(
+                    "{files} files, {} read ({}/s), {} uploaded  {}",
+                    human_bytes(bytes),
+                    human_bytes((bytes as f64 / secs) as u64),
+                    human_bytes(Progress::get(&p.uploaded)),
+                    truncate(&p.current(), 40)
+                ));
             }
-            bar.finish_and_clear();
-        });
-        Self {
-            stop,
-            handle: Some(handle),
+            Kind::Restore | Kind::Verify => {
+                bar.set_length(Progress::get(&p.total_bytes));
+                bar.set_position(bytes);
+                bar.set_message(format!("{files} files"));
+            }
         }
+        bar.tick();
+        std::thread::sleep(Duration::from_millis(100));
     }
-
-    pub fn finish(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+    bar.finish_and_clear();
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -163,8 +163,8 @@ struct Walker<'a> {
     repo: &'a Repository,
     opts: &'a BackupOptions,
     progress: &'a Progress,
-    file_chunker: Chunker,
-    db_chunker: Chunker,
+    file_chunker: &'a Chunker,
+    db_chunker: &'a Chunker,
     jobs: Sender<Job>,
     claimed: HashSet<Id>,
     skip: HashSet<PathBuf>,
@@ -405,28 +405,24 @@ impl Walker<'_> {
             }
         };
         self.progress.set_current(path.display().to_string());
-        let chunker = if is_db {
-            &self.db_chunker
+        // A shared reference copied out of `self`, so the closure below may
+        // mutate the walker while the chunker reads.
+        let chunker: &Chunker = if is_db {
+            self.db_chunker
         } else {
-            &self.file_chunker
+            self.file_chunker
         };
-        // Borrow split: the chunker is read-only, the rest is mutated per chunk.
-        let chunker = Chunker::new(chunker.params(), self.repo.keys().chunker_seed());
         let key = self.repo.keys().chunk_id_key();
         let mut chunks = Vec::new();
         let mut buf = std::mem::take(&mut self.read_buf);
-        let res = chunker.chunk_stream_with::<_, ReadError>(
-            &mut buf,
-            std::io::BufReader::with_capacity(0, file),
-            |data| {
-                let id = Id(key.id(data));
-                chunks.push(id);
-                self.summary.bytes_read += data.len() as u64;
-                Progress::add(&self.progress.bytes, data.len() as u64);
-                self.submit(id, BlobKind::Data, data)
-                    .map_err(ReadError::Repo)
-            },
-        );
+        let res = chunker.chunk_stream_with::<_, ReadError>(&mut buf, file, |data| {
+            let id = Id(key.id(data));
+            chunks.push(id);
+            self.summary.bytes_read += data.len() as u64;
+            Progress::add(&self.progress.bytes, data.len() as u64);
+            self.submit(id, BlobKind::Data, data)
+                .map_err(ReadError::Repo)
+        });
         self.read_buf = buf;
         match res {
             Ok(size) => {
@@ -747,6 +743,7 @@ fn run(
         },
     });
     let upload_state = &upload_state;
+    let (file_chunker, db_chunker) = (repo_ref.file_chunker(), repo_ref.db_chunker());
     let result = std::thread::scope(
         |scope| -> Result<(Tree, Id, BackupSummary, Vec<String>, UploadResult)> {
             let (job_tx, job_rx) = bounded::<Job>(workers * 2);
@@ -781,8 +778,8 @@ fn run(
                 repo: repo_ref,
                 opts,
                 progress,
-                file_chunker: repo_ref.file_chunker(),
-                db_chunker: repo_ref.db_chunker(),
+                file_chunker: &file_chunker,
+                db_chunker: &db_chunker,
                 jobs: job_tx,
                 claimed: HashSet::new(),
                 skip,

@@ -161,6 +161,16 @@ fn mark<'a>(
     Ok(seen)
 }
 
+/// Whether `pack` holds a blob of `set`.
+fn holds_any(repo: &Repository, pack: &Id, set: &crate::cache::ScratchSet<'_>) -> Result<bool> {
+    for b in repo.cache().blobs_of_pack(pack)? {
+        if set.contains(&b.id)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Garbage-collects packs no snapshot references.
 pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
     repo.refresh()?;
@@ -175,14 +185,7 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
     let mut indexed_ids = HashSet::new();
     for (pack, size, _) in &indexed {
         indexed_ids.insert(*pack);
-        let mut used = false;
-        for b in repo.cache().blobs_of_pack(pack)? {
-            if referenced.contains(&b.id)? {
-                used = true;
-                break;
-            }
-        }
-        if used {
+        if holds_any(repo, pack, &referenced)? {
             summary.packs_kept += 1;
         } else {
             unused.insert(*pack, *size);
@@ -203,8 +206,11 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
     let records = repo.condemned_records()?;
     for (_, r) in &records {
         already.extend(r.packs.iter().copied());
+        let still_unused = r.packs.iter().copied().filter(|p| unused.contains_key(p));
         if r.live_sessions.iter().all(|s| !live.contains(s)) {
-            ripe.extend(r.packs.iter().copied().filter(|p| unused.contains_key(p)));
+            ripe.extend(still_unused);
+        } else {
+            summary.packs_waiting += still_unused.count() as u64;
         }
     }
 
@@ -241,12 +247,6 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
         }
         new_record = Some((rid, rec));
     }
-    for (_, r) in &records {
-        if !r.live_sessions.iter().all(|s| !live.contains(s)) {
-            summary.packs_waiting +=
-                r.packs.iter().filter(|p| unused.contains_key(p)).count() as u64;
-        }
-    }
 
     // A backup that wrote its snapshot after `snaps` was listed and ended
     // before the session checks above is in no session list: re-read the
@@ -263,11 +263,8 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
             let referenced = mark(repo, &newer)?;
             let mut needed = Vec::new();
             for p in &ripe {
-                for b in repo.cache().blobs_of_pack(p)? {
-                    if referenced.contains(&b.id)? {
-                        needed.push(*p);
-                        break;
-                    }
+                if holds_any(repo, p, &referenced)? {
+                    needed.push(*p);
                 }
             }
             for p in needed {
