@@ -1,0 +1,151 @@
+//! Rate limits per user and per tenant: token buckets, separate from the
+//! guess limit. The guess limit protects the key; these protect the service.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Limits, from `serve` flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Sessions a user may open per minute (sustained).
+    pub user_per_minute: f64,
+    /// Burst a user may open at once.
+    pub user_burst: f64,
+    /// Sessions a tenant may open per second (sustained).
+    pub tenant_per_second: f64,
+    /// Burst for a tenant.
+    pub tenant_burst: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            user_per_minute: 60.0,
+            user_burst: 30.0,
+            tenant_per_second: 20_000.0,
+            tenant_burst: 40_000.0,
+        }
+    }
+}
+
+/// Which limit refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The user's.
+    User,
+    /// The tenant's.
+    Tenant,
+}
+
+impl Scope {
+    /// As in the HTTP body and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Tenant => "tenant",
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant, rate_per_sec: f64, burst: f64) -> Result<(), u64> {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate_per_sec).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - self.tokens) / rate_per_sec) * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+const MAX_TRACKED: usize = 200_000;
+
+/// The limiter.
+pub struct RateLimiter {
+    limits: Limits,
+    users: Mutex<HashMap<(String, String), Bucket>>,
+    tenants: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// A limiter with `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            users: Mutex::new(HashMap::new()),
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for (tenant, user); `Err((scope, retry_after_ms))` if refused.
+    pub fn check(&self, tenant: &str, user: &str) -> Result<(), (Scope, u64)> {
+        let now = Instant::now();
+        let l = self.limits;
+        {
+            let mut t = self.tenants.lock().map_err(|_| (Scope::Tenant, 1000u64))?;
+            let b = t.entry(tenant.to_string()).or_insert(Bucket {
+                tokens: l.tenant_burst,
+                at: now,
+            });
+            b.take(now, l.tenant_per_second, l.tenant_burst)
+                .map_err(|ms| (Scope::Tenant, ms))?;
+        }
+        let mut u = self.users.lock().map_err(|_| (Scope::User, 1000u64))?;
+        if u.len() >= MAX_TRACKED {
+            // Forget users whose bucket has refilled: they lose nothing.
+            let full_after = l.user_burst / (l.user_per_minute / 60.0);
+            u.retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() < full_after);
+        }
+        let b = u
+            .entry((tenant.to_string(), user.to_string()))
+            .or_insert(Bucket {
+                tokens: l.user_burst,
+                at: now,
+            });
+        b.take(now, l.user_per_minute / 60.0, l.user_burst)
+            .map_err(|ms| (Scope::User, ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_gets_the_burst_then_is_refused_without_touching_others() {
+        let r = RateLimiter::new(Limits {
+            user_per_minute: 60.0,
+            user_burst: 30.0,
+            ..Limits::default()
+        });
+        for _ in 0..30 {
+            assert!(r.check("app", "alice").is_ok());
+        }
+        let (scope, ms) = r.check("app", "alice").unwrap_err();
+        assert_eq!(scope, Scope::User);
+        assert!(ms > 0 && ms <= 1000, "{ms}");
+        assert!(r.check("app", "bob").is_ok());
+    }
+
+    #[test]
+    fn the_tenant_limit_is_separate() {
+        let r = RateLimiter::new(Limits {
+            tenant_per_second: 1.0,
+            tenant_burst: 2.0,
+            ..Limits::default()
+        });
+        assert!(r.check("app", "a").is_ok());
+        assert!(r.check("app", "b").is_ok());
+        assert_eq!(r.check("app", "c").unwrap_err().0, Scope::Tenant);
+        assert!(r.check("other", "c").is_ok());
+    }
+}

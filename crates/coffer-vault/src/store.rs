@@ -1,0 +1,174 @@
+//! The record store: one redb file with the sealed records, the leaf hashes
+//! of the core's Merkle tree, the roll-forward marker and the sealed OPAQUE
+//! server setup. Untrusted: the core checks everything it reads.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use coffer_vault_core::{Bucket, StoreWrites};
+
+const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+const LEAVES: TableDefinition<u16, &[u8]> = TableDefinition::new("leaves");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+#[error("record store {path}: {what}")]
+pub struct StoreError {
+    path: String,
+    what: String,
+}
+
+/// The store.
+pub struct Store {
+    db: Database,
+    path: String,
+}
+
+impl Store {
+    fn err(&self, what: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            path: self.path.clone(),
+            what: what.to_string(),
+        }
+    }
+
+    /// Creates a new store holding the sealed server setup.
+    pub fn create(path: &Path, sealed_setup: &[u8]) -> Result<Self, StoreError> {
+        if path.exists() {
+            return Err(StoreError {
+                path: path.display().to_string(),
+                what: "already exists".into(),
+            });
+        }
+        let db = Database::create(path).map_err(|e| StoreError {
+            path: path.display().to_string(),
+            what: e.to_string(),
+        })?;
+        let s = Self {
+            db,
+            path: path.display().to_string(),
+        };
+        let txn = s.db.begin_write().map_err(|e| s.err(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| s.err(e))?;
+            meta.insert("setup", sealed_setup).map_err(|e| s.err(e))?;
+            txn.open_table(RECORDS).map_err(|e| s.err(e))?;
+            txn.open_table(LEAVES).map_err(|e| s.err(e))?;
+        }
+        txn.commit().map_err(|e| s.err(e))?;
+        Ok(s)
+    }
+
+    /// Opens an existing store.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError {
+                path: path.display().to_string(),
+                what: "missing (run `coffer-vault init` first)".into(),
+            });
+        }
+        let db = Database::create(path).map_err(|e| StoreError {
+            path: path.display().to_string(),
+            what: e.to_string(),
+        })?;
+        Ok(Self {
+            db,
+            path: path.display().to_string(),
+        })
+    }
+
+    /// The sealed server setup.
+    pub fn setup(&self) -> Result<Vec<u8>, StoreError> {
+        self.meta("setup")?
+            .ok_or_else(|| self.err("no server setup (not a Coffer vault store?)"))
+    }
+
+    /// The roll-forward marker, if any.
+    pub fn marker(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta("marker")
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(META).map_err(|e| self.err(e))?;
+        Ok(t.get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Every leaf hash.
+    pub fn leaves(&self) -> Result<Vec<(u16, [u8; 32])>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(LEAVES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            // A malformed leaf is simply not the core's tree: it refuses.
+            let mut h = [0u8; 32];
+            if v.value().len() == 32 {
+                h.copy_from_slice(v.value());
+            }
+            out.push((k.value(), h));
+        }
+        Ok(out)
+    }
+
+    /// The records of the given buckets, in one read transaction.
+    pub fn buckets(&self, indices: &[u16]) -> Result<Vec<Bucket>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(indices.len());
+        for &b in indices {
+            let lo = b.to_be_bytes();
+            let mut records = Vec::new();
+            let iter = match b.checked_add(1) {
+                Some(n) => {
+                    let hi = n.to_be_bytes();
+                    t.range::<&[u8]>(&lo[..]..&hi[..])
+                }
+                None => t.range::<&[u8]>(&lo[..]..),
+            }
+            .map_err(|e| self.err(e))?;
+            for row in iter {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                if let Ok(id) = <[u8; 32]>::try_from(k.value()) {
+                    records.push((id, v.value().to_vec()));
+                }
+            }
+            out.push(Bucket { index: b, records });
+        }
+        Ok(out)
+    }
+
+    /// Commits a batch's writes durably, in one transaction.
+    pub fn commit(&self, w: &StoreWrites) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
+            for (id, sealed) in &w.records {
+                records
+                    .insert(&id[..], sealed.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            let mut leaves = txn.open_table(LEAVES).map_err(|e| self.err(e))?;
+            for (b, h) in &w.leaves {
+                leaves.insert(*b, &h[..]).map_err(|e| self.err(e))?;
+            }
+            if let Some(m) = &w.marker {
+                let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+                meta.insert("marker", m.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Number of records (erased ones included: they stay as same-size tombstones).
+    pub fn record_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
+        t.len().map_err(|e| self.err(e))
+    }
+}
