@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "scripts/test.sh needs a Rust toolchain (cargo)"; exit 1; }
 
+echo "== test dependencies (SoftHSM2 for the PKCS#11 tests)"
+bash scripts/setup-softhsm.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
