@@ -7,9 +7,13 @@ use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use coffer_client::{BackupSources, Coffer, KeepPolicy, RecoveryKey, RepoError, RestoreOptions};
+use coffer_client::{
+    AccessError, BackupSources, Coffer, KeepPolicy, KeyCacheError, RecoveryKey, RepoError,
+    RestoreOptions, VaultError,
+};
 
 use crate::output::{self, with_progress};
+use crate::password;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -22,7 +26,6 @@ pub const EXIT_WRONG_KEY: u8 = 3;
 /// Integrity failure: stored data failed authentication or is missing.
 pub const EXIT_INTEGRITY: u8 = 4;
 /// Key erased or locked in the vault.
-#[allow(dead_code)]
 pub const EXIT_KEY_ERASED: u8 = 5;
 
 /// End-to-end encrypted backups of app databases and media.
@@ -35,9 +38,17 @@ pub struct Args {
     /// Read the recovery key from this file (else COFFER_RECOVERY_KEY, else a prompt).
     #[arg(long, global = true, value_name = "FILE")]
     recovery_key_file: Option<PathBuf>,
+    /// Password mode: the vault's realm descriptor (realm.json). With `init`,
+    /// creates a password-mode repository; elsewhere it must name the realm
+    /// the repository uses (its address wins). Also from COFFER_VAULT.
+    #[arg(long, global = true, env = "COFFER_VAULT", value_name = "REALM-JSON")]
+    pub(crate) vault: Option<PathBuf>,
+    /// Password mode: read the password from this file (else COFFER_PASSWORD, else a prompt).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) password_file: Option<PathBuf>,
     /// Print a JSON summary on stdout instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
     /// Log what happens (to stderr).
     #[arg(short, long, global = true)]
     pub verbose: bool,
@@ -47,8 +58,13 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a repository and print its recovery key, once.
-    Init,
+    /// Create a repository and print its recovery key, once; with --vault,
+    /// in password mode (the key escrowed in the vault behind a password).
+    Init {
+        /// Password mode: wrong passwords in a row before the vault erases the key (default 10).
+        #[arg(long, value_name = "N")]
+        max_attempts: Option<u8>,
+    },
     /// Back up SQLite databases (consistently, while the app runs) and paths.
     Backup {
         /// A SQLite database to capture with SQLite's online backup API (repeatable).
@@ -105,37 +121,115 @@ enum Command {
     },
     /// Delete data no snapshot needs (never data a running backup needs).
     Prune,
+    /// Password mode: change the password, leave password mode, or drop this device's cached key.
+    Key {
+        #[command(subcommand)]
+        cmd: password::KeyCommand,
+    },
 }
 
-/// Maps an error to the documented exit code.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
+/// How an error is reported: exit code, a stable kind for `--json`, and
+/// the structured fields of a vault answer.
+#[derive(Debug, Default)]
+pub struct ErrorReport {
+    /// The documented exit code.
+    pub code: u8,
+    /// `usage`, `wrong_key`, `wrong_password`, `key_erased`, `integrity`,
+    /// `rate_limited`, `unauthorized`, `vault_unavailable`, `vault_unreachable`, `error`.
+    pub kind: &'static str,
+    /// For a wrong password: attempts left (0: the key was just erased).
+    pub attempts_remaining: Option<u8>,
+    /// For a rate limit: when to retry, and whether the user or the tenant is limited.
+    pub retry_after_ms: Option<u64>,
+    /// `user` or `tenant`.
+    pub scope: Option<String>,
+}
+
+fn report(code: u8, kind: &'static str) -> ErrorReport {
+    ErrorReport {
+        code,
+        kind,
+        ..Default::default()
+    }
+}
+
+fn repo_report(r: &RepoError) -> ErrorReport {
+    match r {
+        RepoError::WrongKey { .. } => report(EXIT_WRONG_KEY, "wrong_key"),
+        RepoError::Integrity { .. } => report(EXIT_INTEGRITY, "integrity"),
+        _ => report(EXIT_OTHER, "error"),
+    }
+}
+
+fn vault_report(v: &VaultError) -> ErrorReport {
+    match v {
+        VaultError::WrongPassword { attempts_remaining } => ErrorReport {
+            attempts_remaining: Some(*attempts_remaining),
+            ..if *attempts_remaining == 0 {
+                report(EXIT_KEY_ERASED, "key_erased")
+            } else {
+                report(EXIT_WRONG_KEY, "wrong_password")
+            }
+        },
+        VaultError::NotRegistered => report(EXIT_KEY_ERASED, "key_erased"),
+        VaultError::RateLimited {
+            scope,
+            retry_after_ms,
+        } => ErrorReport {
+            retry_after_ms: Some(*retry_after_ms),
+            scope: Some(scope.clone()),
+            ..report(EXIT_OTHER, "rate_limited")
+        },
+        VaultError::Unauthorized(_) => report(EXIT_OTHER, "unauthorized"),
+        VaultError::Unavailable(_) => report(EXIT_OTHER, "vault_unavailable"),
+        VaultError::Transport(_) => report(EXIT_OTHER, "vault_unreachable"),
+        VaultError::Policy { .. } => report(EXIT_USAGE, "usage"),
+        _ => report(EXIT_OTHER, "error"),
+    }
+}
+
+/// Classifies an error (the first cause that tells decides).
+pub fn error_report(e: &anyhow::Error) -> ErrorReport {
     for cause in e.chain() {
         if let Some(r) = cause.downcast_ref::<RepoError>() {
-            return match r {
-                RepoError::WrongKey { .. } => EXIT_WRONG_KEY,
-                RepoError::Integrity { .. } => EXIT_INTEGRITY,
-                _ => EXIT_OTHER,
+            return repo_report(r);
+        }
+        if let Some(v) = cause.downcast_ref::<VaultError>() {
+            return vault_report(v);
+        }
+        if let Some(a) = cause.downcast_ref::<AccessError>() {
+            return match a {
+                AccessError::Repo(r) => repo_report(r),
+                AccessError::Vault(v) => vault_report(v),
+                AccessError::KeyMismatch { .. } | AccessError::StaleCachedKey { .. } => {
+                    report(EXIT_WRONG_KEY, "wrong_key")
+                }
+                AccessError::NotPasswordMode { .. } => report(EXIT_USAGE, "usage"),
+                _ => report(EXIT_OTHER, "error"),
             };
+        }
+        if cause.downcast_ref::<KeyCacheError>().is_some() {
+            return report(EXIT_OTHER, "error");
         }
         if cause
             .downcast_ref::<coffer_crypto::ParseRecoveryKeyError>()
             .is_some()
         {
-            return EXIT_WRONG_KEY;
+            return report(EXIT_WRONG_KEY, "wrong_key");
         }
         if cause.downcast_ref::<UsageError>().is_some() {
-            return EXIT_USAGE;
+            return report(EXIT_USAGE, "usage");
         }
         if cause.downcast_ref::<IntegrityFailure>().is_some() {
-            return EXIT_INTEGRITY;
+            return report(EXIT_INTEGRITY, "integrity");
         }
     }
-    EXIT_OTHER
+    report(EXIT_OTHER, "error")
 }
 
 /// A bad command line found after parsing (exit code 2).
 #[derive(Debug)]
-struct UsageError(String);
+pub(crate) struct UsageError(pub(crate) String);
 
 /// A check that found damage (exit code 4).
 #[derive(Debug)]
@@ -154,7 +248,7 @@ impl std::fmt::Display for IntegrityFailure {
 }
 impl std::error::Error for IntegrityFailure {}
 
-fn repo_location(args: &Args) -> anyhow::Result<String> {
+pub(crate) fn repo_location(args: &Args) -> anyhow::Result<String> {
     args.repo.clone().ok_or_else(|| {
         anyhow!(UsageError(
             "no repository given: pass --repo <path> or set COFFER_REPO".into()
@@ -185,6 +279,12 @@ fn read_key(args: &Args) -> anyhow::Result<coffer_client::BackupKey> {
 
 fn open(args: &Args) -> anyhow::Result<Coffer> {
     let location = repo_location(args)?;
+    // A config that cannot be read is reported by the open below, as before.
+    if let Ok(info) = Coffer::inspect(&location) {
+        if info.is_password_mode() {
+            return password::open(args, &location, &info);
+        }
+    }
     let key = read_key(args)?;
     Ok(Coffer::open(&location, &key)?)
 }
@@ -192,8 +292,16 @@ fn open(args: &Args) -> anyhow::Result<Coffer> {
 /// Runs the command; returns the exit code.
 pub fn run(args: Args) -> anyhow::Result<u8> {
     match &args.cmd {
-        Command::Init => {
+        Command::Init { max_attempts } => {
             let location = repo_location(&args)?;
+            if args.vault.is_some() {
+                return password::init(&args, &location, *max_attempts);
+            }
+            if max_attempts.is_some() {
+                return Err(anyhow!(UsageError(
+                    "--max-attempts applies to password mode: add --vault <realm.json>".into()
+                )));
+            }
             let (rk, id) = Coffer::init_with_recovery_key(&location)?;
             if args.json {
                 println!(
@@ -328,9 +436,10 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             output::forget_summary(&[], &[], Some(&s), false, args.json);
             Ok(EXIT_OK)
         }
+        Command::Key { cmd } => password::key_command(&args, cmd),
     }
 }
 
-fn hex_short(id: &[u8; 16]) -> String {
+pub(crate) fn hex_short(id: &[u8; 16]) -> String {
     id[..4].iter().map(|b| format!("{b:02x}")).collect()
 }

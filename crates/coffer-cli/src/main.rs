@@ -3,6 +3,7 @@
 
 mod cli;
 mod output;
+mod password;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -29,12 +30,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .init();
+    let json = args.json;
     match cli::run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = cli::exit_code(&e);
+            let report = cli::error_report(&e);
             eprintln!("error: {e:#}");
-            ExitCode::from(code)
+            if json {
+                output::error(&e, &report);
+            }
+            ExitCode::from(report.code)
         }
     }
 }

@@ -291,3 +291,25 @@ pub fn forget_summary(
         }
     }
 }
+
+/// With `--json`, an error as one object on stdout (the text stays on
+/// stderr): `{"error": kind, "message", "exit_code"}`, plus
+/// `attempts_remaining` after a wrong password and `retry_after_ms` and
+/// `scope` when the vault rate limits.
+pub fn error(e: &anyhow::Error, r: &crate::cli::ErrorReport) {
+    let mut v = json!({
+        "error": r.kind,
+        "message": format!("{e:#}"),
+        "exit_code": r.code,
+    });
+    if let Some(n) = r.attempts_remaining {
+        v["attempts_remaining"] = json!(n);
+    }
+    if let Some(ms) = r.retry_after_ms {
+        v["retry_after_ms"] = json!(ms);
+    }
+    if let Some(s) = &r.scope {
+        v["scope"] = json!(s);
+    }
+    println!("{v}");
+}

@@ -15,7 +15,7 @@ pub mod repo;
 pub mod session;
 pub mod sqlite;
 
-pub use repo::{init, InitOptions, Repository};
+pub use repo::{init, set_key_mode, InitOptions, Repository};
 pub mod prune;
 pub mod restore;
 pub mod verify;

@@ -87,6 +87,26 @@ pub fn init(store: &dyn BlobStore, k: &BackupKey, opts: &InitOptions) -> Result<
     }
 }
 
+/// Rewrites the config with another key mode: the same `K`, repository id
+/// and parameters, so nothing else in the repository changes (switching
+/// between password and recovery-key mode re-uploads nothing). Checks `K`
+/// and the config's MAC first; the new config replaces the old atomically.
+pub fn set_key_mode(store: &dyn BlobStore, k: &BackupKey, key_mode: KeyMode) -> Result<ConfigBody> {
+    let bytes = match store.get(CONFIG_NAME) {
+        Ok(b) => b,
+        Err(StorageError::NotFound { .. }) => {
+            return Err(RepoError::NotARepository {
+                location: store.location(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (mut body, keys) = open_config(&bytes, k, &store.location())?;
+    body.key_mode = key_mode;
+    store.put(CONFIG_NAME, &encode_config(&keys, &body))?;
+    Ok(body)
+}
+
 /// An open repository.
 pub struct Repository {
     pub(crate) store: Arc<dyn BlobStore>,
