@@ -63,6 +63,9 @@ pub fn init(o: &InitOptions) -> anyhow::Result<RealmDescriptor> {
     }
     std::fs::create_dir_all(&o.data)
         .with_context(|| format!("cannot create {}", o.data.display()))?;
+    if let Some(dir) = o.nvram.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let mut realm_id = [0u8; 16];
     getrandom::fill(&mut realm_id).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let master = custody::create_master(&o.custody, &o.data)?;
