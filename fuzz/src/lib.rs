@@ -15,6 +15,8 @@
 //! format change cannot silently turn the sealed mode into a second raw mode.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod vault;
+
 use std::sync::OnceLock;
 
 use coffer_crypto::{BackupKey, RepoKeys};

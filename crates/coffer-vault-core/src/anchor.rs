@@ -96,3 +96,35 @@ pub(crate) fn check_marker(secrets: &RealmSecrets, marker: &[u8]) -> Option<(Anc
     };
     Some((anchor(&marker[..40]), anchor(&marker[40..80])))
 }
+
+/// Fuzzing hooks (feature `testing`): the NVRAM, marker and record parsers,
+/// which are crate-internal, for the cargo-fuzz targets in `fuzz/`.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::Anchor;
+    use crate::secrets::RealmSecrets;
+    use crate::CoreError;
+
+    pub use crate::record::{fuzz_reencode_record, RECORD_LEN};
+
+    /// [`Anchor::decode`] of NVRAM contents.
+    pub fn decode_anchor(bytes: &[u8]) -> Result<Anchor, CoreError> {
+        Anchor::decode(bytes)
+    }
+
+    /// The NVRAM encoding of an anchor.
+    pub fn encode_anchor(anchor: &Anchor) -> Vec<u8> {
+        anchor.encode()
+    }
+
+    /// A marker's transition, if it is well-formed and authentic.
+    pub fn check_marker(secrets: &RealmSecrets, marker: &[u8]) -> Option<(Anchor, Anchor)> {
+        super::check_marker(secrets, marker)
+    }
+
+    /// The marker the core would write for `old` → `new`.
+    pub fn make_marker(secrets: &RealmSecrets, old: &Anchor, new: &Anchor) -> Vec<u8> {
+        super::make_marker(secrets, old, new)
+    }
+}

@@ -517,9 +517,10 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Reads a record through the verified bucket view.
-    fn load(&mut self, bb: &mut BatchBuckets, id: &RecordId) -> Result<Option<Record>, ErrorCode> {
-        let b = bucket_of(id);
+    /// Verifies a bucket against the trusted tree the first time a batch
+    /// touches it. Every read and every write goes through here: a write
+    /// into a bucket starts from its verified content, never from nothing.
+    fn open_bucket(&mut self, bb: &mut BatchBuckets, b: u16) -> Result<(), ErrorCode> {
         if !bb.open.contains_key(&b) {
             let verdict = match bb.given.get(&b) {
                 None => Err(format!("the host did not supply bucket {b}")),
@@ -535,17 +536,26 @@ impl<P: Platform> Core<P> {
             };
             bb.open.insert(b, verdict);
         }
-        let bucket = match bb.dirty.get(&b) {
-            Some(d) => d,
+        if bb.dirty.contains_key(&b) || matches!(bb.open.get(&b), Some(Ok(_))) {
+            Ok(())
+        } else {
+            self.stats.integrity_failures += 1;
+            Err(ErrorCode::StoreIntegrity)
+        }
+    }
+
+    /// Reads a record through the verified bucket view.
+    fn load(&mut self, bb: &mut BatchBuckets, id: &RecordId) -> Result<Option<Record>, ErrorCode> {
+        let b = bucket_of(id);
+        self.open_bucket(bb, b)?;
+        let sealed = match bb.dirty.get(&b) {
+            Some(d) => d.get(id),
             None => match bb.open.get(&b) {
-                Some(Ok(m)) => m,
-                _ => {
-                    self.stats.integrity_failures += 1;
-                    return Err(ErrorCode::StoreIntegrity);
-                }
+                Some(Ok(m)) => m.get(id),
+                _ => return Err(ErrorCode::StoreIntegrity),
             },
         };
-        match bucket.get(id) {
+        match sealed {
             None => Ok(None),
             Some(sealed) => {
                 let plain = self
@@ -559,16 +569,30 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    fn store(&mut self, bb: &mut BatchBuckets, id: &RecordId, record: &Record) {
+    /// Seals and writes a record into its (verified) bucket.
+    fn store(
+        &mut self,
+        bb: &mut BatchBuckets,
+        id: &RecordId,
+        record: &Record,
+    ) -> Result<(), ErrorCode> {
         let b = bucket_of(id);
+        self.open_bucket(bb, b)?;
+        let base = match bb.open.get(&b) {
+            Some(Ok(m)) => Some(m),
+            _ => None,
+        };
+        if !bb.dirty.contains_key(&b) {
+            let start = base.cloned().ok_or(ErrorCode::StoreIntegrity)?;
+            bb.dirty.insert(b, start);
+        }
         let mut nonce = [0u8; 24];
         self.platform.fill_random(&mut nonce);
         let sealed = self.secrets.seal_record(nonce, id, &record.encode());
-        let bucket = bb.dirty.entry(b).or_insert_with(|| match bb.open.get(&b) {
-            Some(Ok(m)) => m.clone(),
-            _ => BTreeMap::new(),
-        });
-        bucket.insert(*id, sealed);
+        if let Some(bucket) = bb.dirty.get_mut(&b) {
+            bucket.insert(*id, sealed);
+        }
+        Ok(())
     }
 
     fn process(
@@ -614,14 +638,13 @@ impl<P: Platform> Core<P> {
             (Phase::LoginPending(login), Request::LoginFinish { ke3 }) => {
                 self.login_finish(session, *login, &ke3[..], bb)
             }
-            (Phase::Authenticated, Request::Delete) => match self.load(bb, &id) {
-                Err(code) => Err(code),
-                Ok(_) => {
-                    self.store(bb, &id, &Record::Erased);
+            (Phase::Authenticated, Request::Delete) => self
+                .load(bb, &id)
+                .and_then(|_| self.store(bb, &id, &Record::Erased))
+                .map(|()| {
                     self.stats.deletes += 1;
-                    Ok(Response::Deleted)
-                }
-            },
+                    Response::Deleted
+                }),
             (_, Request::Delete) => Err(ErrorCode::NotAuthenticated),
             _ => Err(ErrorCode::OutOfOrder),
         };
@@ -692,7 +715,7 @@ impl<P: Platform> Core<P> {
                 password_file,
                 wrapped_key,
             },
-        );
+        )?;
         self.stats.registrations += 1;
         Ok(Response::Registered { max_attempts })
     }
@@ -722,7 +745,7 @@ impl<P: Platform> Core<P> {
         };
         if attempts_left == 0 {
             // The last attempt was spent and no correct KE3 followed: erase.
-            self.store(bb, &id, &Record::Erased);
+            self.store(bb, &id, &Record::Erased)?;
             self.stats.erased += 1;
             return Err(ErrorCode::NotRegistered);
         }
@@ -739,7 +762,7 @@ impl<P: Platform> Core<P> {
                 password_file,
                 wrapped_key,
             },
-        );
+        )?;
         let params = ServerLoginParameters {
             context: Some(&self.context),
             identifiers: Identifiers::default(),
@@ -799,7 +822,7 @@ impl<P: Platform> Core<P> {
                     password_file,
                     wrapped_key: wrapped_key.clone(),
                 },
-            );
+            )?;
             session.phase = Phase::Authenticated;
             self.stats.logins_ok += 1;
             return Ok(Response::LoginOk {
@@ -809,11 +832,11 @@ impl<P: Platform> Core<P> {
         }
         self.stats.logins_failed += 1;
         if attempts_left == 0 {
-            self.store(bb, &id, &Record::Erased);
+            self.store(bb, &id, &Record::Erased)?;
             self.stats.erased += 1;
         } else if let Some(r) = &record {
             // Re-sealed unchanged: the store sees a write either way.
-            self.store(bb, &id, r);
+            self.store(bb, &id, r)?;
         }
         Ok(self.error(ErrorCode::WrongPassword, Some(attempts_left)))
     }

@@ -86,3 +86,11 @@ impl Record {
         }
     }
 }
+
+/// Fuzzing hook (feature `testing`): decodes a record plaintext and encodes
+/// the result again (re-exported as `anchor::fuzzing::fuzz_reencode_record`).
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub fn fuzz_reencode_record(bytes: &[u8]) -> Result<Vec<u8>, CoreError> {
+    Ok(Record::decode(bytes)?.encode().to_vec())
+}

@@ -444,3 +444,54 @@ fn malformed_frames_are_refused_without_state_change() {
         Outcome::Ok(Some(K))
     );
 }
+
+/// Two users whose record ids share a Merkle bucket.
+fn same_bucket_pair(v: &MemRealm) -> ([u8; 32], [u8; 32]) {
+    let alice = v.core.record_id("app", "alice");
+    let b = coffer_vault_core::merkle::bucket_of(&alice);
+    for i in 0..2_000_000u32 {
+        let other = v.core.record_id("app", &format!("user{i}"));
+        if coffer_vault_core::merkle::bucket_of(&other) == b {
+            return (alice, other);
+        }
+    }
+    panic!("no bucket mate found");
+}
+
+/// Found by the `vault_core` fuzz target: a replacing registration used to
+/// write its bucket from nothing, wiping the other users in it.
+#[test]
+fn replacing_or_changing_a_registration_keeps_the_other_users_of_its_bucket() {
+    let (mut v, mut c, _) = setup();
+    let (alice, bob) = same_bucket_pair(&v);
+    c.register(&mut v, alice, b"a", &K, 10, false).unwrap();
+    c.register(&mut v, bob, b"b", &[2; 32], 10, false).unwrap();
+    assert_eq!(
+        c.register(&mut v, alice, b"a2", &[3; 32], 10, true)
+            .unwrap(),
+        Outcome::Ok(None)
+    );
+    assert_eq!(
+        c.login(&mut v, bob, b"b").unwrap(),
+        Outcome::Ok(Some([2; 32]))
+    );
+    assert_eq!(
+        c.login(&mut v, alice, b"a2").unwrap(),
+        Outcome::Ok(Some([3; 32]))
+    );
+    let (_, ch) = c.login_keep(&mut v, alice, b"a2").unwrap();
+    let (mut ch, _) = ch.unwrap();
+    assert_eq!(
+        c.change_password(&mut v, &mut ch, b"a3", &[3; 32]).unwrap(),
+        Outcome::Ok(None)
+    );
+    assert_eq!(
+        c.login(&mut v, bob, b"b").unwrap(),
+        Outcome::Ok(Some([2; 32]))
+    );
+    assert_eq!(
+        c.login(&mut v, alice, b"a3").unwrap(),
+        Outcome::Ok(Some([3; 32]))
+    );
+    assert_eq!(v.core.stats().integrity_failures, 0);
+}
