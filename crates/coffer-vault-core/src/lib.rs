@@ -578,13 +578,13 @@ impl<P: Platform> Core<P> {
     ) -> Result<(), ErrorCode> {
         let b = bucket_of(id);
         self.open_bucket(bb, b)?;
-        let base = match bb.open.get(&b) {
-            Some(Ok(m)) => Some(m),
-            _ => None,
-        };
-        if !bb.dirty.contains_key(&b) {
-            let start = base.cloned().ok_or(ErrorCode::StoreIntegrity)?;
-            bb.dirty.insert(b, start);
+        if let std::collections::btree_map::Entry::Vacant(e) = bb.dirty.entry(b) {
+            match bb.open.get(&b) {
+                Some(Ok(m)) => {
+                    e.insert(m.clone());
+                }
+                _ => return Err(ErrorCode::StoreIntegrity),
+            }
         }
         let mut nonce = [0u8; 24];
         self.platform.fill_random(&mut nonce);
