@@ -8,6 +8,10 @@ command -v cargo >/dev/null || { echo "scripts/test.sh needs a Rust toolchain (c
 
 echo "== test dependencies (SoftHSM2 for the PKCS#11 tests)"
 bash scripts/setup-softhsm.sh
+echo "== storage test servers (moto S3, WsgiDAV WebDAV, loopback)"
+storage_env=$(bash scripts/storage-servers.sh start)
+eval "$storage_env"
+trap 'bash scripts/storage-servers.sh stop >/dev/null 2>&1 || true' EXIT
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

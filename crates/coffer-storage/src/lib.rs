@@ -7,91 +7,40 @@
 //! assert_eq!(store.put_if_absent("config", b"v1").unwrap(), PutOutcome::Created);
 //! assert_eq!(store.put_if_absent("config", b"v2").unwrap(), PutOutcome::AlreadyExists);
 //! assert_eq!(store.get("config").unwrap(), b"v1");
+//! // Whether put_if_absent really excludes a concurrent writer: probed, not assumed.
+//! assert!(coffer_storage::probe_conditional_writes(&store).unwrap().enforced());
 //! ```
+//!
+//! Backends: [`LocalStore`] (a directory), [`CloudStore`] (S3, GCS, Azure Blob,
+//! WebDAV, Google Drive, OneDrive, Dropbox through Apache OpenDAL), wrapped
+//! by [`RetryStore`] for retries; [`open`] picks one from a path or URL.
+//! [`MemStore`] and [`FaultStore`] are for tests.
 #![deny(missing_docs)]
 
+#[cfg(feature = "cloud")]
+mod classify;
+#[cfg(feature = "cloud")]
+pub mod cloud;
+mod error;
+pub mod fault;
 mod local;
+mod location;
 mod memory;
+mod probe;
+pub mod retry;
+mod temporaries;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
+#[cfg(feature = "cloud")]
+pub use cloud::{CloudOptions, CloudStore};
+pub use error::StorageError;
+pub use fault::{FaultConfig, FaultStats, FaultStore};
 pub use local::LocalStore;
+pub use location::{Location, Password};
 pub use memory::MemStore;
-
-/// What went wrong talking to storage, grouped by what the caller should do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StorageError {
-    /// The object does not exist.
-    #[error("object {name} not found in the repository storage")]
-    NotFound {
-        /// The object's name.
-        name: String,
-    },
-    /// A ranged read asked for bytes past the object's end (a truncated object).
-    #[error(
-        "object {name} is shorter than expected: asked for bytes {offset}..{end}, it has {size}"
-    )]
-    ShortRead {
-        /// The object's name.
-        name: String,
-        /// First byte asked for.
-        offset: u64,
-        /// One past the last byte asked for.
-        end: u64,
-        /// The object's size.
-        size: u64,
-    },
-    /// The disk or the quota is full; nothing half-written was left behind.
-    #[error("no space left on the storage while writing {name}: free some space and run the command again (nothing was lost)")]
-    NoSpace {
-        /// The object being written.
-        name: String,
-    },
-    /// Any other I/O failure, with the object concerned.
-    #[error("storage I/O error on {name}: {error}")]
-    Io {
-        /// The object's name (or the store's location).
-        name: String,
-        /// The underlying error.
-        error: std::io::Error,
-    },
-    /// The location cannot be used as a store.
-    #[error("cannot use {location} as a repository: {reason}")]
-    Unsupported {
-        /// The URL or path given.
-        location: String,
-        /// Why not.
-        reason: String,
-    },
-}
-
-impl StorageError {
-    /// A failed read: a missing object is [`StorageError::NotFound`].
-    pub(crate) fn io(name: &str, error: std::io::Error) -> Self {
-        if error.kind() == std::io::ErrorKind::NotFound {
-            return Self::NotFound {
-                name: name.to_string(),
-            };
-        }
-        Self::write_io(name, error)
-    }
-
-    /// A failed write: "not found" here means a missing directory, not a
-    /// missing object, and a full disk is [`StorageError::NoSpace`].
-    pub(crate) fn write_io(name: &str, error: std::io::Error) -> Self {
-        if error.raw_os_error() == Some(28) || error.kind() == std::io::ErrorKind::StorageFull {
-            return Self::NoSpace {
-                name: name.to_string(),
-            };
-        }
-        Self::Io {
-            name: name.to_string(),
-            error,
-        }
-    }
-}
+pub use probe::{probe_conditional_writes, ConditionalWrites, PROBE_PREFIX};
+pub use retry::{RetryPolicy, RetryStore};
 
 /// Result of a conditional create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,23 +64,37 @@ pub struct ObjectInfo {
 ///
 /// Names are `/`-separated ASCII. Writes are atomic: a reader sees the whole
 /// object or none of it, even if the writer is killed. `put` of the same bytes
-/// twice is harmless (retries are idempotent).
+/// twice is harmless (retries are idempotent). Every method may be called from
+/// several threads at once.
 pub trait BlobStore: Send + Sync {
     /// Writes an object, replacing any object of that name.
     fn put(&self, name: &str, data: &[u8]) -> Result<(), StorageError>;
-    /// Writes an object only if none of that name exists.
+    /// Writes an object only if none of that name exists. Whether a
+    /// concurrent writer is really excluded depends on the backend: see
+    /// [`BlobStore::create_mode`] and [`probe_conditional_writes`].
     fn put_if_absent(&self, name: &str, data: &[u8]) -> Result<PutOutcome, StorageError>;
     /// Reads a whole object.
     fn get(&self, name: &str) -> Result<Vec<u8>, StorageError>;
     /// Reads `len` bytes at `offset`; fails with [`StorageError::ShortRead`]
     /// if the object is shorter.
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StorageError>;
-    /// Lists every object whose name starts with `prefix`.
+    /// Lists every object whose name starts with `prefix`, sorted by name.
+    /// (A consumer drive may list a name twice; [`RetryStore`] removes the
+    /// repeats.)
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
     /// Deletes an object; deleting a missing object is not an error.
     fn delete(&self, name: &str) -> Result<(), StorageError>;
-    /// A human-readable location, for messages.
+    /// A human-readable location, for messages (never with credentials).
     fn location(&self) -> String;
+    /// How `put_if_absent` is implemented. A claim, used only to rule
+    /// conditional writes *out*: [`probe_conditional_writes`] decides.
+    fn create_mode(&self) -> CreateMode {
+        CreateMode::CheckThenWrite
+    }
+    /// The largest object one `put` may carry on this backend.
+    fn max_object_size(&self) -> u64 {
+        u64::MAX
+    }
     /// Removes leftovers of interrupted writes older than `age` (temporary
     /// files of a killed process). Stores without such leftovers do nothing.
     fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<u64, StorageError> {
@@ -140,29 +103,47 @@ pub trait BlobStore: Send + Sync {
     }
 }
 
-/// Opens the store a repository URL or path names.
+/// How a store implements [`BlobStore::put_if_absent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateMode {
+    /// One atomic operation of the backend (`link(2)`, a map under a lock,
+    /// S3 / GCS / Azure conditional requests): of two concurrent writers,
+    /// exactly one gets `Created` — if the server honours the condition,
+    /// which [`probe_conditional_writes`] checks.
+    Atomic,
+    /// A check, then a write (WebDAV, Google Drive, OneDrive, Dropbox): two
+    /// concurrent writers can both get `Created`, the later write winning.
+    CheckThenWrite,
+}
+
+/// Opens the store a repository path or URL names (see [`Location`]).
 ///
-/// Today: a local path (or `file://` URL). Cloud URLs are recognised and
-/// refused with a clear message until their backends land.
+/// A local path (or `file://`) is a [`LocalStore`], used directly. Any
+/// other scheme is a [`CloudStore`] behind a [`RetryStore`] with the default
+/// [`RetryPolicy`]; credentials come from the environment (see [`cloud`]).
+/// Nothing is sent over the network here: a wrong bucket or credential shows
+/// on the first request.
 pub fn open(location: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
-    if let Some((scheme, _)) = location.split_once("://") {
-        return match scheme {
-            "file" => Ok(Arc::new(LocalStore::new(PathBuf::from(&location[7..])))),
-            _ => Err(StorageError::Unsupported {
-                location: location.to_string(),
-                reason: format!(
-                    "the {scheme}:// backend is not available in this build; use a local path"
-                ),
-            }),
-        };
+    match Location::parse(location)? {
+        Location::Local(path) => Ok(Arc::new(LocalStore::new(path))),
+        #[cfg(feature = "cloud")]
+        remote => Ok(Arc::new(RetryStore::new(
+            CloudStore::open(&remote, CloudOptions::default())?,
+            RetryPolicy::default(),
+        ))),
+        #[cfg(not(feature = "cloud"))]
+        _ => Err(StorageError::Unsupported {
+            location: location.to_string(),
+            reason: "this build has no cloud backends (coffer-storage feature `cloud`)".into(),
+        }),
     }
-    Ok(Arc::new(LocalStore::new(PathBuf::from(location))))
 }
 
 /// The end of `len` bytes at `offset` in an object of `size` bytes, or the
 /// [`StorageError::ShortRead`] a truncated object gives.
 pub(crate) fn check_range(
     name: &str,
+    location: &str,
     offset: u64,
     len: u64,
     size: u64,
@@ -171,6 +152,7 @@ pub(crate) fn check_range(
     if end > size {
         return Err(StorageError::ShortRead {
             name: name.to_string(),
+            location: location.to_string(),
             offset,
             end,
             size,

@@ -4,7 +4,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::{check_range, random_suffix, BlobStore, ObjectInfo, PutOutcome, StorageError};
+use crate::temporaries::{is_stale, temp_file_name, TMP_DIR};
+use crate::{check_range, BlobStore, CreateMode, ObjectInfo, PutOutcome, StorageError};
 
 /// Objects as files under a root directory.
 ///
@@ -27,17 +28,9 @@ impl LocalStore {
     }
 
     fn write_temp(&self, name: &str, data: &[u8]) -> Result<PathBuf, StorageError> {
-        let tmp_dir = self.root.join(".tmp");
-        fs::create_dir_all(&tmp_dir).map_err(|e| StorageError::write_io(name, e))?;
-        // `<name>.<host>-<pid>.<random>`: leftovers of a killed process of
-        // this host can be recognised and removed at once.
-        let tmp = tmp_dir.join(format!(
-            "{}.{}-{}.{}",
-            name.replace('/', "_"),
-            host_tag(),
-            std::process::id(),
-            random_suffix()
-        ));
+        let tmp_dir = self.root.join(TMP_DIR);
+        fs::create_dir_all(&tmp_dir).map_err(|e| self.write_err(name, e))?;
+        let tmp = tmp_dir.join(temp_file_name(name));
         let res = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(data)?;
@@ -45,27 +38,25 @@ impl LocalStore {
         })();
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
-            return Err(StorageError::write_io(name, e));
+            return Err(self.write_err(name, e));
         }
         Ok(tmp)
     }
 
     fn parent_ready(&self, name: &str, path: &Path) -> Result<(), StorageError> {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| StorageError::write_io(name, e))?;
+            fs::create_dir_all(parent).map_err(|e| self.write_err(name, e))?;
         }
         Ok(())
     }
-}
 
-/// This host's name, made safe for a file name (no dots or slashes).
-fn host_tag() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
+    fn read_err(&self, name: &str, e: std::io::Error) -> StorageError {
+        StorageError::io(name, &self.location(), e)
+    }
+
+    fn write_err(&self, name: &str, e: std::io::Error) -> StorageError {
+        StorageError::write_io(name, &self.location(), e)
+    }
 }
 
 fn sync_dir(dir: Option<&Path>) {
@@ -85,7 +76,7 @@ impl BlobStore for LocalStore {
         let tmp = self.write_temp(name, data)?;
         if let Err(e) = fs::rename(&tmp, &path) {
             let _ = fs::remove_file(&tmp);
-            return Err(StorageError::write_io(name, e));
+            return Err(self.write_err(name, e));
         }
         sync_dir(path.parent());
         Ok(())
@@ -109,23 +100,22 @@ impl BlobStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Ok(PutOutcome::AlreadyExists)
             }
-            Err(e) => Err(StorageError::write_io(name, e)),
+            Err(e) => Err(self.write_err(name, e)),
         }
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>, StorageError> {
-        fs::read(self.path(name)).map_err(|e| StorageError::io(name, e))
+        fs::read(self.path(name)).map_err(|e| self.read_err(name, e))
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
-        let mut f = File::open(self.path(name)).map_err(|e| StorageError::io(name, e))?;
-        let size = f.metadata().map_err(|e| StorageError::io(name, e))?.len();
-        check_range(name, offset, len, size)?;
+        let mut f = File::open(self.path(name)).map_err(|e| self.read_err(name, e))?;
+        let size = f.metadata().map_err(|e| self.read_err(name, e))?.len();
+        check_range(name, &self.location(), offset, len, size)?;
         f.seek(SeekFrom::Start(offset))
-            .map_err(|e| StorageError::io(name, e))?;
+            .map_err(|e| self.read_err(name, e))?;
         let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf)
-            .map_err(|e| StorageError::io(name, e))?;
+        f.read_exact(&mut buf).map_err(|e| self.read_err(name, e))?;
         Ok(buf)
     }
 
@@ -143,12 +133,12 @@ impl BlobStore for LocalStore {
             let entries = match fs::read_dir(&path) {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StorageError::io(&d, e)),
+                Err(e) => return Err(self.read_err(&d, e)),
             };
             for entry in entries {
-                let entry = entry.map_err(|e| StorageError::io(&d, e))?;
+                let entry = entry.map_err(|e| self.read_err(&d, e))?;
                 let fname = entry.file_name().to_string_lossy().into_owned();
-                if d.is_empty() && fname == ".tmp" {
+                if d.is_empty() && fname == TMP_DIR {
                     continue;
                 }
                 let name = if d.is_empty() {
@@ -156,7 +146,7 @@ impl BlobStore for LocalStore {
                 } else {
                     format!("{d}/{fname}")
                 };
-                let ft = entry.file_type().map_err(|e| StorageError::io(&name, e))?;
+                let ft = entry.file_type().map_err(|e| self.read_err(&name, e))?;
                 if ft.is_dir() {
                     if name.starts_with(prefix) || prefix.starts_with(&format!("{name}/")) {
                         stack.push(name);
@@ -166,7 +156,7 @@ impl BlobStore for LocalStore {
                         Ok(m) => m.len(),
                         // Deleted since the directory was read.
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(StorageError::io(&name, e)),
+                        Err(e) => return Err(self.read_err(&name, e)),
                     };
                     out.push(ObjectInfo { name, size });
                 }
@@ -180,7 +170,7 @@ impl BlobStore for LocalStore {
         match fs::remove_file(self.path(name)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::io(name, e)),
+            Err(e) => Err(self.read_err(name, e)),
         }
     }
 
@@ -188,30 +178,26 @@ impl BlobStore for LocalStore {
         self.root.display().to_string()
     }
 
+    fn create_mode(&self) -> CreateMode {
+        CreateMode::Atomic
+    }
+
     fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<u64, StorageError> {
-        let dir = self.root.join(".tmp");
+        let dir = self.root.join(TMP_DIR);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(StorageError::io(".tmp", e)),
+            Err(e) => return Err(self.read_err(TMP_DIR, e)),
         };
         let mut removed = 0;
         for e in entries.flatten() {
-            let old = e
+            let elapsed = e
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|el| el >= age);
+                .and_then(|t| t.elapsed().ok());
             let name = e.file_name().to_string_lossy().into_owned();
-            let dead_writer = name
-                .rsplit('.')
-                .nth(1)
-                .and_then(|w| w.rsplit_once('-'))
-                .filter(|(host, _)| *host == host_tag())
-                .and_then(|(_, pid)| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
-            if (old || dead_writer) && fs::remove_file(e.path()).is_ok() {
+            if is_stale(&name, elapsed, age) && fs::remove_file(e.path()).is_ok() {
                 removed += 1;
             }
         }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::{check_range, BlobStore, ObjectInfo, PutOutcome, StorageError};
+use crate::{check_range, BlobStore, CreateMode, ObjectInfo, PutOutcome, StorageError};
 
 /// Objects in a map; every operation is atomic.
 #[derive(Debug, Default)]
@@ -42,18 +42,16 @@ impl BlobStore for MemStore {
         self.map()
             .get(name)
             .cloned()
-            .ok_or_else(|| StorageError::NotFound {
-                name: name.to_string(),
-            })
+            .ok_or_else(|| StorageError::not_found(name, "memory"))
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
         let m = self.map();
-        let obj = m.get(name).ok_or_else(|| StorageError::NotFound {
-            name: name.to_string(),
-        })?;
+        let obj = m
+            .get(name)
+            .ok_or_else(|| StorageError::not_found(name, "memory"))?;
         let size = obj.len() as u64;
-        let end = check_range(name, offset, len, size)?;
+        let end = check_range(name, &self.location(), offset, len, size)?;
         Ok(obj[offset as usize..end as usize].to_vec())
     }
 
@@ -76,5 +74,9 @@ impl BlobStore for MemStore {
 
     fn location(&self) -> String {
         "memory".to_string()
+    }
+
+    fn create_mode(&self) -> CreateMode {
+        CreateMode::Atomic
     }
 }

@@ -62,7 +62,36 @@ fn mem_store_contract() {
 }
 
 #[test]
-fn cloud_urls_are_refused_clearly() {
-    let err = open("s3://bucket/prefix").err().unwrap().to_string();
-    assert!(err.contains("s3://"), "{err}");
+fn open_picks_the_backend_from_the_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repo");
+    let local = open(path.to_str().unwrap()).unwrap();
+    assert_eq!(local.location(), path.display().to_string());
+    assert_eq!(local.create_mode(), CreateMode::Atomic);
+    let url = format!("file://{}", path.display());
+    assert_eq!(open(&url).unwrap().location(), path.display().to_string());
+    // A cloud URL: a CloudStore behind a RetryStore; no request is sent yet.
+    let dav = open("webdav://me:secret@127.0.0.1:9/repo").unwrap();
+    assert_eq!(dav.location(), "webdav://me@127.0.0.1:9/repo");
+    assert_eq!(dav.create_mode(), CreateMode::CheckThenWrite);
+    let err = open("ftp://host/x").err().unwrap().to_string();
+    assert!(err.contains("ftp://"), "{err}");
+}
+
+#[test]
+fn errors_name_the_object_and_the_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(dir.path().to_path_buf());
+    let msg = store.get("index/00").unwrap_err().to_string();
+    assert!(
+        msg.contains("index/00") && msg.contains("not found"),
+        "{msg}"
+    );
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    store.put("data/x", b"0123").unwrap();
+    let msg = store.get_range("data/x", 2, 4).unwrap_err().to_string();
+    assert!(
+        msg.contains("data/x") && msg.contains("shorter than expected"),
+        "{msg}"
+    );
 }

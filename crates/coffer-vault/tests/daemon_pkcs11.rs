@@ -29,10 +29,23 @@ fn a_realm_whose_master_secret_is_wrapped_by_a_softhsm_token() {
     .unwrap();
     let out = Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", "coffer", "--pin", "4321", "--so-pin", "8765"])
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "coffer",
+            "--pin",
+            "4321",
+            "--so-pin",
+            "8765",
+        ])
         .output()
         .expect("softhsm2-util: run scripts/setup-softhsm.sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let conf_s = conf.display().to_string();
     let env = [
         ("SOFTHSM2_CONF", conf_s.as_str()),
@@ -41,7 +54,10 @@ fn a_realm_whose_master_secret_is_wrapped_by_a_softhsm_token() {
     ];
     let mut v = Vault::new(&[], &[], &env);
     assert!(v.data.join("realm.key.p11").exists());
-    assert!(!v.data.join("realm.key").exists(), "no software key file in PKCS#11 mode");
+    assert!(
+        !v.data.join("realm.key").exists(),
+        "no software key file in PKCS#11 mode"
+    );
     let c = v.client("chat", "hsm-user");
     let k = [0x33; 32];
     assert_eq!(c.register(b"pw", &k, 10), Outcome::Ok(None));
@@ -75,5 +91,9 @@ fn a_realm_whose_master_secret_is_wrapped_by_a_softhsm_token() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pkcs11"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pkcs11"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
