@@ -1,0 +1,1838 @@
+//! Vault login benchmark (issue #3 point 10): server-side OPAQUE logins per
+//! second per core through the whole path (HTTP, channel, core, sealing,
+//! store, NVRAM) against raw opaque-ke on the same machine in the same run.
+//!
+//! ```text
+//! cargo build --release -p coffer-vault --examples --bins
+//! target/release/examples/loginbench all --bin target/release/coffer-vault
+//! ```
+//!
+//! (`bench/vault.sh` does both.) Three measurements per run, each pinned:
+//!
+//! - `raw`: opaque-ke 4.0.1 with `CofferSuite`, server side only
+//!   (`ServerLogin::start` + `finish`, including deserializing the stored
+//!   password file, KE1 and KE3 and serializing KE2, like the core), one
+//!   thread on the server CPU; client messages precomputed.
+//! - `core`: the trusted core (`coffer-vault-core`) in process, same CPU,
+//!   with an in-memory store and NVRAM: channel (HPKE), OPAQUE, record
+//!   sealing, Merkle tree, marker; no HTTP, no redb, no fsync.
+//! - `path`: the real daemon (`coffer-vault serve`) pinned to the server CPU,
+//!   this load generator pinned to the other CPU, HTTP/1.1 keep-alive, C
+//!   concurrent clients; server CPU from `/proc/<pid>/stat`.
+//!
+//! Every measured login is a wrong-password login with a random KE3: the
+//! client never runs Argon2, and the server's work is the same as for a
+//! correct KE3 (opaque-ke compares the KE3 MAC with one computed in
+//! `ServerLogin::start`; `raw` measures both to show it). Each user gets at
+//! most 9 wrong logins (of 10 attempts), so no record is ever erased.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context};
+use clap::{Parser, Subcommand};
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use coffer_vault_core::merkle::bucket_of;
+use coffer_vault_core::{
+    Bucket, Core, CoreError, Input, Platform, PlatformError, RealmConfig, RecordId, StoreWrites,
+};
+use coffer_vault_proto::client::{Login, Registration};
+use coffer_vault_proto::realm::REALM_FORMAT;
+use coffer_vault_proto::suite::opaque_context;
+use coffer_vault_proto::{
+    ClientChannel, CofferSuite, ErrorCode, KsfParams, RealmDescriptor, Request, Response,
+};
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialFinalization, CredentialRequest,
+    CredentialResponse, Identifiers, ServerLogin, ServerLoginParameters, ServerRegistration,
+    ServerSetup,
+};
+
+/// The smallest Argon2id a client accepts (what `bench/vault.sh` inits realms with).
+const KSF_MEMORY_KIB: u32 = 19456;
+const KSF_ITERATIONS: u32 = 1;
+/// Wrong logins per user at most (of 10 attempts): no record is erased.
+const WRONG_PER_USER: usize = 9;
+const TENANT: &str = "bench";
+
+#[derive(Parser)]
+#[command(about = "Coffer vault login benchmark: whole path vs raw opaque-ke")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Everything, `--runs` times: raw and core (subprocess pinned to the
+    /// server CPU), then the daemon; prints the tables.
+    All(Box<AllArgs>),
+    /// Raw opaque-ke and the in-process core; prints JSON (used by `all`).
+    Raw(RawArgs),
+    /// Where the server's CPU goes: `perf script` output (from a `--perf`
+    /// phase) on stdin, grouped by what each sample's call stack is doing.
+    PerfSummary {
+        /// Server CPU µs per login to scale the shares with (e.g. the
+        /// unprofiled C=64 phase); 0: shares only.
+        #[arg(long, default_value_t = 0.0)]
+        us_per_login: f64,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RawArgs {
+    /// CPU to pin to once set up.
+    #[arg(long, default_value_t = 0)]
+    cpu: usize,
+    /// Timed raw logins (wrong KE3).
+    #[arg(long, default_value_t = 20_000)]
+    logins: usize,
+    /// Raw logins with a correct KE3 (each costs the client an Argon2 run, untimed).
+    #[arg(long, default_value_t = 50)]
+    correct: usize,
+    /// Registered users for the raw loop.
+    #[arg(long, default_value_t = 16)]
+    raw_users: usize,
+    /// Users of the in-process core measurement (one Argon2 each to register).
+    #[arg(long, default_value_t = 256)]
+    core_users: usize,
+    /// Batch sizes of the in-process core measurement.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    core_batches: Vec<usize>,
+}
+
+#[derive(clap::Args, Clone)]
+struct AllArgs {
+    /// The coffer-vault binary.
+    #[arg(long, default_value = "target/release/coffer-vault")]
+    bin: PathBuf,
+    /// Runs (each: fresh realm, raw + core + path).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// CPU of the server (and of raw/core).
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// CPU of the load generator.
+    #[arg(long, default_value_t = 1)]
+    client_cpu: usize,
+    /// Concurrent clients of the whole-path phases.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64,128")]
+    concurrency: Vec<usize>,
+    /// Logins per whole-path phase (at most).
+    #[arg(long, default_value_t = 10_000)]
+    phase_logins: usize,
+    /// Seconds per whole-path phase (at most).
+    #[arg(long, default_value_t = 10.0)]
+    phase_secs: f64,
+    /// Registered users of the daemon (0: enough for all phases at 9 wrong logins each).
+    #[arg(long, default_value_t = 0)]
+    users: usize,
+    /// Client threads registering users (Argon2 once per user).
+    #[arg(long, default_value_t = 4)]
+    register_threads: usize,
+    /// After the measured phases, profile the server with `perf record` for
+    /// a phase at the highest concurrency; perf.data goes into --out.
+    #[arg(long)]
+    perf: bool,
+    /// Concurrency of the profiled phase (default: the highest of --concurrency).
+    #[arg(long)]
+    perf_concurrency: Option<usize>,
+    /// `perf record` call-graph option (`fp`, `dwarf`, or `none`).
+    #[arg(long, default_value = "dwarf")]
+    perf_callgraph: String,
+    /// Where results go (results.json, results.md, server logs, perf.data).
+    #[arg(long, default_value = "bench/work/vault")]
+    out: PathBuf,
+    /// Before each measurement, wait until all CPUs together are less busy
+    /// than this fraction (the machine may be shared).
+    #[arg(long, default_value_t = 0.08)]
+    quiet_threshold: f64,
+    /// Longest wait for a quiet machine, seconds (then measure anyway).
+    #[arg(long, default_value_t = 900.0)]
+    quiet_wait_secs: f64,
+    /// Working directory for realms (default: a temporary directory).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    #[command(flatten)]
+    raw: RawArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Raw(a) => {
+            let r = run_raw(&a)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Cmd::All(a) => run_all(&a),
+        Cmd::PerfSummary { us_per_login } => perf_summary(us_per_login),
+    }
+}
+
+// ---------------------------------------------------------------- process tools
+
+/// Moves every thread of `pid` to `cpus` (`taskset -a -p`; no unsafe code).
+fn set_affinity(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let out = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .context("taskset (util-linux) is needed")?;
+    ensure!(
+        out.status.success(),
+        "taskset -a -p -c {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn clk_tck() -> anyhow::Result<f64> {
+    let out = Command::new("getconf").arg("CLK_TCK").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse::<f64>()?)
+}
+
+/// utime + stime of a process (all its threads, dead ones included), clock ticks.
+fn proc_ticks(pid: &str) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = s
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // field 14 (utime) and 15 (stime) → indices 11, 12 after "state".
+    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+}
+
+/// Busy clock ticks of one CPU (everything but idle and iowait, kernel
+/// threads and softirqs included) from /proc/stat.
+fn cpu_busy_ticks(cpu: usize) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = s
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .ok_or_else(|| anyhow!("{name} not in /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let total: u64 = v.iter().take(8).sum();
+    Ok(total - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0))
+}
+
+/// (busy, total) clock ticks over all CPUs.
+fn all_cpus_ticks() -> anyhow::Result<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat")?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// The machine is shared: waits (up to `max_wait_s`) until all CPUs together
+/// are less than `threshold` busy over a 2-second window, so that builds of
+/// other users do not land in a measurement. Returns whether it got quiet.
+fn wait_quiet(threshold: f64, max_wait_s: f64) -> anyhow::Result<bool> {
+    let t0 = Instant::now();
+    let mut said = false;
+    loop {
+        let (b0, t0_) = all_cpus_ticks()?;
+        std::thread::sleep(Duration::from_secs(2));
+        let (b1, t1_) = all_cpus_ticks()?;
+        let busy = (b1 - b0) as f64 / (t1_ - t0_).max(1) as f64;
+        if busy < threshold {
+            if said {
+                eprintln!("  quiet after {:.0} s", t0.elapsed().as_secs_f64());
+            }
+            return Ok(true);
+        }
+        if t0.elapsed().as_secs_f64() > max_wait_s {
+            eprintln!(
+                "  machine still {:.0}% busy after {:.0} s; measuring anyway (see the other-load columns)",
+                100.0 * busy,
+                max_wait_s
+            );
+            return Ok(false);
+        }
+        if !said {
+            eprintln!(
+                "  machine {:.0}% busy (other users' processes); waiting for it to be quiet",
+                100.0 * busy
+            );
+            said = true;
+        }
+    }
+}
+
+/// On-CPU nanoseconds of a process's live threads (schedstat, ns resolution).
+fn proc_sched_ns(pid: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// On-CPU nanoseconds of the calling thread.
+fn thread_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ksf() -> KsfParams {
+    KsfParams {
+        memory_kib: KSF_MEMORY_KIB,
+        iterations: KSF_ITERATIONS,
+        parallelism: 1,
+        ..KsfParams::default()
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// Runs `f` over `items` on `threads` threads (set-up work: Argon2).
+fn par_map<T: Send, U: Send>(
+    items: Vec<T>,
+    threads: usize,
+    f: impl Fn(T) -> anyhow::Result<U> + Sync,
+) -> anyhow::Result<Vec<U>> {
+    let n = items.len();
+    let queue = Mutex::new(items.into_iter().enumerate());
+    let out: Mutex<Vec<Option<U>>> = Mutex::new((0..n).map(|_| None).collect());
+    let err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let next = queue.lock().ok().and_then(|mut q| q.next());
+                let Some((i, item)) = next else { break };
+                match f(item) {
+                    Ok(u) => {
+                        if let Ok(mut o) = out.lock() {
+                            o[i] = Some(u);
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut er) = err.lock() {
+                            er.get_or_insert(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = err.into_inner().map_err(|_| anyhow!("poisoned"))? {
+        return Err(e);
+    }
+    out.into_inner()
+        .map_err(|_| anyhow!("poisoned"))?
+        .into_iter()
+        .map(|o| o.ok_or_else(|| anyhow!("par_map: missing result")))
+        .collect()
+}
+
+// ---------------------------------------------------------------- raw opaque-ke
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct RawResult {
+    logins: usize,
+    /// Wall µs per login (start + finish), quantiles over logins.
+    p50_us: f64,
+    p99_us: f64,
+    mean_us: f64,
+    /// Thread on-CPU µs per login over the whole timed loop.
+    cpu_us: f64,
+    start_p50_us: f64,
+    finish_p50_us: f64,
+    correct_samples: usize,
+    correct_start_p50_us: f64,
+    correct_finish_p50_us: f64,
+    /// Same users, same loop, wrong KE3, sampled next to the correct ones.
+    wrong_start_p50_us: f64,
+    wrong_finish_p50_us: f64,
+    /// `ServerChannel::accept` of an open frame (HPKE X25519 decap, key
+    /// schedule, ChaCha20-Poly1305 open of 448 bytes, export): p50 µs.
+    hpke_accept_p50_us: f64,
+    /// Busy time of the CPU not spent by this thread during the raw loop, % of wall.
+    other_load_pct: f64,
+    /// The same over the in-process core measurement.
+    core_other_load_pct: f64,
+    core: Vec<CoreResult>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct CoreResult {
+    batch: usize,
+    logins: usize,
+    /// Wall µs per login in prepare + store + commit, on a pinned quiet CPU.
+    us_per_login: f64,
+}
+
+struct RawUser {
+    id: [u8; 32],
+    password: Vec<u8>,
+    file: Vec<u8>,
+}
+
+fn server_params(context: &[u8]) -> ServerLoginParameters<'_, 'static> {
+    ServerLoginParameters {
+        context: Some(context),
+        identifiers: Identifiers::default(),
+    }
+}
+
+/// One server-side login exactly as the core does it: deserialize the
+/// password file and KE1, `ServerLogin::start`, serialize KE2; then
+/// deserialize KE3 and `finish`. Returns (start µs, finish µs, finish ok).
+fn raw_login(
+    setup: &ServerSetup<CofferSuite>,
+    context: &[u8],
+    user: &RawUser,
+    ke1: &[u8],
+    ke3: impl FnOnce(&[u8]) -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<(f64, f64, bool)> {
+    let t0 = Instant::now();
+    let file = ServerRegistration::<CofferSuite>::deserialize(&user.file)
+        .map_err(|e| anyhow!("password file: {e:?}"))?;
+    let ke1 = CredentialRequest::<CofferSuite>::deserialize(ke1).map_err(|e| anyhow!("{e:?}"))?;
+    let start = ServerLogin::start(
+        &mut OsRng,
+        setup,
+        Some(file),
+        ke1,
+        &user.id,
+        server_params(context),
+    )
+    .map_err(|e| anyhow!("ServerLogin::start: {e:?}"))?;
+    let ke2 = black_box(start.message.serialize());
+    let t_start = t0.elapsed();
+    let ke3 = ke3(&ke2)?; // untimed: the client's side
+    let t1 = Instant::now();
+    let ok = match CredentialFinalization::<CofferSuite>::deserialize(&ke3) {
+        Ok(m) => black_box(start.state.finish(m, server_params(context))).is_ok(),
+        Err(_) => false,
+    };
+    let t_finish = t1.elapsed();
+    Ok((
+        t_start.as_secs_f64() * 1e6,
+        t_finish.as_secs_f64() * 1e6,
+        ok,
+    ))
+}
+
+/// Busy time of `cpu` since `busy0` not spent by this thread (`own_ns`), % of wall.
+fn other_load(
+    cpu: usize,
+    busy0: u64,
+    wall0: Instant,
+    own_ns: u64,
+    tck: f64,
+) -> anyhow::Result<f64> {
+    let busy_s = cpu_busy_ticks(cpu)?.saturating_sub(busy0) as f64 / tck;
+    let wall = wall0.elapsed().as_secs_f64();
+    Ok(100.0 * (busy_s - own_ns as f64 / 1e9).max(0.0) / wall)
+}
+
+fn run_raw(a: &RawArgs) -> anyhow::Result<RawResult> {
+    // Set-up on every CPU (Argon2 for registrations), then pin.
+    let realm_id = {
+        let mut r = [0u8; 16];
+        OsRng.fill_bytes(&mut r);
+        r
+    };
+    let context = opaque_context(&realm_id);
+    let argon = ksf().argon2()?;
+    let setup = ServerSetup::<CofferSuite>::new(&mut OsRng);
+    let users = par_map((0..a.raw_users).collect(), 2, |i| {
+        let mut id = [0u8; 32];
+        OsRng.fill_bytes(&mut id);
+        let password = format!("correct horse {i}").into_bytes();
+        let start = ClientRegistration::<CofferSuite>::start(&mut OsRng, &password)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let resp = ServerRegistration::<CofferSuite>::start(&setup, start.message, &id)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let fin = start
+            .state
+            .finish(
+                &mut OsRng,
+                &password,
+                resp.message,
+                ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&argon)),
+            )
+            .map_err(|e| anyhow!("{e:?}"))?;
+        Ok(RawUser {
+            id,
+            password,
+            file: ServerRegistration::finish(fin.message).serialize().to_vec(),
+        })
+    })?;
+    let core_setup = core_setup(a)?;
+    // Open frames for the HPKE micro-measurement.
+    let channel_key = coffer_vault_proto::channel::ChannelKey::derive(&[9u8; 32]);
+    let hpke_realm = RealmDescriptor {
+        format: REALM_FORMAT.into(),
+        realm_id,
+        public_key: channel_key.public_key(),
+        ksf: ksf(),
+        max_attempts_limit: 10,
+        address: "in-process".into(),
+    };
+    let hpke_frames: Vec<Vec<u8>> = (0..2000)
+        .map(|_| {
+            let ke1 = Box::new([0u8; 96]);
+            ClientChannel::open(
+                &hpke_realm,
+                &Request::LoginStart { ke1 },
+                now_ms(),
+                &mut OsRng,
+            )
+            .map(|(_, f)| f)
+            .map_err(|e| anyhow!("{e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let ke1s: Vec<Vec<u8>> = (0..a.logins)
+        .map(|_| {
+            ClientLogin::<CofferSuite>::start(&mut OsRng, b"wrong password")
+                .map(|s| s.message.serialize().to_vec())
+                .map_err(|e| anyhow!("{e:?}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let ke3s: Vec<Vec<u8>> = (0..a.logins)
+        .map(|_| {
+            let mut k = vec![0u8; 64];
+            OsRng.fill_bytes(&mut k);
+            k
+        })
+        .collect();
+    set_affinity(std::process::id(), &a.cpu.to_string())?;
+    std::thread::sleep(Duration::from_millis(50));
+
+    // Warm-up.
+    for i in 0..a.logins.min(500) {
+        let k3 = ke3s[i].clone();
+        raw_login(&setup, &context, &users[i % users.len()], &ke1s[i], |_| {
+            Ok(k3)
+        })?;
+    }
+    // Timed: wrong KE3s.
+    let mut total = Vec::with_capacity(a.logins);
+    let mut starts = Vec::with_capacity(a.logins);
+    let mut finishes = Vec::with_capacity(a.logins);
+    let tck = clk_tck()?;
+    let busy0 = cpu_busy_ticks(a.cpu)?;
+    let wall0 = Instant::now();
+    let cpu0 = thread_ns();
+    for i in 0..a.logins {
+        let k3 = &ke3s[i];
+        let (s, f, ok) = raw_login(&setup, &context, &users[i % users.len()], &ke1s[i], |_| {
+            Ok(k3.clone())
+        })?;
+        ensure!(!ok, "a random KE3 verified");
+        total.push(s + f);
+        starts.push(s);
+        finishes.push(f);
+    }
+    let cpu_ns = thread_ns() - cpu0;
+    let other_load_pct = other_load(a.cpu, busy0, wall0, cpu_ns, tck)?;
+    let cpu_us = cpu_ns as f64 / 1e3 / a.logins as f64;
+    let total = sorted(total);
+    let mean_us = total.iter().sum::<f64>() / total.len() as f64;
+
+    // Correct KE3s (the client's Argon2 runs between start and finish,
+    // untimed), interleaved with wrong ones over the same users.
+    let (mut cs, mut cf, mut ws, mut wf) = (vec![], vec![], vec![], vec![]);
+    for j in 0..a.correct {
+        let u = &users[j % users.len()];
+        let cl = ClientLogin::<CofferSuite>::start(&mut OsRng, &u.password)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let ke1 = cl.message.serialize().to_vec();
+        let state = cl.state;
+        let (s, f, ok) = raw_login(&setup, &context, u, &ke1, |ke2| {
+            let resp = CredentialResponse::<CofferSuite>::deserialize(ke2)
+                .map_err(|e| anyhow!("{e:?}"))?;
+            let fin = state
+                .finish(
+                    &mut OsRng,
+                    &u.password,
+                    resp,
+                    ClientLoginFinishParameters::new(
+                        Some(&context),
+                        Identifiers::default(),
+                        Some(&argon),
+                    ),
+                )
+                .map_err(|e| anyhow!("client finish: {e:?}"))?;
+            Ok(fin.message.serialize().to_vec())
+        })?;
+        ensure!(ok, "a correct KE3 did not verify");
+        cs.push(s);
+        cf.push(f);
+        let i = j % ke1s.len();
+        let k3 = ke3s[i].clone();
+        let (s, f, ok) = raw_login(&setup, &context, u, &ke1s[i], |_| Ok(k3))?;
+        ensure!(!ok, "a random KE3 verified");
+        ws.push(s);
+        wf.push(f);
+    }
+    let p50 = |v: Vec<f64>| quantile(&sorted(v), 0.5);
+
+    let mut hpke = Vec::with_capacity(hpke_frames.len());
+    for f in &hpke_frames {
+        let t = Instant::now();
+        let acc = coffer_vault_proto::channel::ServerChannel::accept(&channel_key, &realm_id, f)
+            .map_err(|e| anyhow!("{e}"))?;
+        black_box(acc);
+        hpke.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+
+    let busy0 = cpu_busy_ticks(a.cpu)?;
+    let wall0 = Instant::now();
+    let cpu0 = thread_ns();
+    let core = core_bench(a, core_setup)?;
+    let core_other_load_pct = other_load(a.cpu, busy0, wall0, thread_ns() - cpu0, tck)?;
+    Ok(RawResult {
+        logins: a.logins,
+        p50_us: quantile(&total, 0.5),
+        p99_us: quantile(&total, 0.99),
+        mean_us,
+        cpu_us,
+        start_p50_us: p50(starts),
+        finish_p50_us: p50(finishes),
+        correct_samples: a.correct,
+        correct_start_p50_us: p50(cs),
+        correct_finish_p50_us: p50(cf),
+        wrong_start_p50_us: p50(ws),
+        wrong_finish_p50_us: p50(wf),
+        hpke_accept_p50_us: p50(hpke),
+        other_load_pct,
+        core_other_load_pct,
+        core,
+    })
+}
+
+// ---------------------------------------------------------------- the core, in process
+
+/// Clock and OS randomness like the daemon's platform; NVRAM in memory.
+#[derive(Clone, Default)]
+struct MemPlatform {
+    nvram: Rc<RefCell<Option<Vec<u8>>>>,
+}
+
+impl Platform for MemPlatform {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+    fn fill_random(&mut self, buf: &mut [u8]) {
+        OsRng.fill_bytes(buf)
+    }
+    fn nvram_read(&self) -> Result<Option<Vec<u8>>, PlatformError> {
+        Ok(self.nvram.borrow().clone())
+    }
+    fn nvram_write(&mut self, data: &[u8]) -> Result<(), PlatformError> {
+        *self.nvram.borrow_mut() = Some(data.to_vec());
+        Ok(())
+    }
+}
+
+/// The store, in memory: records by bucket (what `Store::buckets` reads).
+#[derive(Default)]
+struct MemStore {
+    buckets: HashMap<u16, BTreeMap<RecordId, Vec<u8>>>,
+}
+
+impl MemStore {
+    fn read(&self, wanted: &[u16]) -> Vec<Bucket> {
+        wanted
+            .iter()
+            .map(|&b| Bucket {
+                index: b,
+                records: self
+                    .buckets
+                    .get(&b)
+                    .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+    fn apply(&mut self, w: &StoreWrites) {
+        for (id, sealed) in &w.records {
+            self.buckets
+                .entry(bucket_of(id))
+                .or_default()
+                .insert(*id, sealed.clone());
+        }
+    }
+}
+
+enum CoreIn<'a> {
+    Open { user: &'a str, frame: Vec<u8> },
+    Data { frame: Vec<u8> },
+}
+
+struct CoreRig {
+    core: Core<MemPlatform>,
+    store: MemStore,
+    realm: RealmDescriptor,
+}
+
+impl CoreRig {
+    /// One batch as the engine runs it: record ids, bucket reads, prepare,
+    /// store writes, commit.
+    fn batch(&mut self, inputs: Vec<CoreIn<'_>>) -> anyhow::Result<Vec<Vec<u8>>> {
+        let inputs: Vec<Input> = inputs
+            .into_iter()
+            .map(|i| match i {
+                CoreIn::Open { user, frame } => Input::Open {
+                    record: self.core.record_id(TENANT, user),
+                    frame,
+                },
+                CoreIn::Data { frame } => Input::Data { frame },
+            })
+            .collect();
+        let mut wanted: Vec<u16> = inputs
+            .iter()
+            .filter_map(|i| self.core.bucket_for(i))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let buckets = self.store.read(&wanted);
+        let writes = self.core.prepare(inputs, buckets)?;
+        self.store.apply(&writes);
+        self.core
+            .commit()?
+            .into_iter()
+            .map(|r| r.map_err(|e: CoreError| anyhow!(e)))
+            .collect()
+    }
+}
+
+struct CoreSetup {
+    rig: CoreRig,
+    users: Vec<String>,
+}
+
+fn core_setup(a: &RawArgs) -> anyhow::Result<CoreSetup> {
+    let mut master = [0u8; 32];
+    OsRng.fill_bytes(&mut master);
+    let mut realm_id = [0u8; 16];
+    OsRng.fill_bytes(&mut realm_id);
+    let config = RealmConfig {
+        realm_id,
+        max_attempts_limit: 10,
+    };
+    let platform = MemPlatform::default();
+    let created = Core::init(platform.clone(), &master, config.clone())?;
+    let (core, _) = Core::start(
+        platform,
+        &master,
+        config,
+        &created.sealed_setup,
+        vec![],
+        None,
+    )?;
+    let realm = RealmDescriptor {
+        format: REALM_FORMAT.into(),
+        realm_id,
+        public_key: created.public_key,
+        ksf: ksf(),
+        max_attempts_limit: 10,
+        address: "in-process".into(),
+    };
+    let mut rig = CoreRig {
+        core,
+        store: MemStore::default(),
+        realm,
+    };
+    let users: Vec<String> = (0..a.core_users)
+        .map(|i| format!("core-user-{i}"))
+        .collect();
+    // Register: all starts in one batch, Argon2 on two threads, all finishes in one batch.
+    let mut regs = Vec::new();
+    let mut frames = Vec::new();
+    for u in &users {
+        let pw = format!("pw {u}").into_bytes();
+        let (reg, req) = Registration::start(&mut OsRng, &pw, 10, false)?;
+        let (ch, frame) = ClientChannel::open(&rig.realm, &req, now_ms(), &mut OsRng)?;
+        regs.push((reg, ch, pw));
+        frames.push(CoreIn::Open { user: u, frame });
+    }
+    let replies = rig.batch(frames)?;
+    let mut work = Vec::new();
+    for ((reg, mut ch, pw), reply) in regs.into_iter().zip(replies) {
+        let resp = ch.receive(&reply)?;
+        work.push((reg, ch, pw, resp));
+    }
+    let realm = rig.realm.clone();
+    let done = par_map(work, 2, |(reg, ch, pw, resp)| {
+        let up = reg.finish(&mut OsRng, &realm, &pw, &resp, &[7u8; 32])?;
+        Ok((ch, up))
+    })?;
+    let mut chans = Vec::new();
+    let mut frames = Vec::new();
+    for (mut ch, up) in done {
+        frames.push(CoreIn::Data {
+            frame: ch.send(&up, now_ms())?,
+        });
+        chans.push(ch);
+    }
+    let replies = rig.batch(frames)?;
+    for (mut ch, reply) in chans.into_iter().zip(replies) {
+        match ch.receive(&reply)? {
+            Response::Registered { .. } => {}
+            other => bail!("core registration: {other:?}"),
+        }
+    }
+    Ok(CoreSetup { rig, users })
+}
+
+/// The in-process core: wrong-password logins in batches of B, only the
+/// batch calls timed (client work in between is not).
+fn core_bench(a: &RawArgs, setup: CoreSetup) -> anyhow::Result<Vec<CoreResult>> {
+    let CoreSetup { mut rig, users } = setup;
+    let configs = a.core_batches.len().max(1);
+    let rounds = WRONG_PER_USER / configs;
+    ensure!(
+        rounds >= 1,
+        "too many --core-batches for 9 attempts per user"
+    );
+    let mut out = Vec::new();
+    for &b in &a.core_batches {
+        let mut timed = Duration::ZERO;
+        let mut logins = 0;
+        for round in 0..rounds {
+            for chunk in users.chunks(b.max(1)) {
+                let mut chans = Vec::new();
+                let mut inputs = Vec::new();
+                for u in chunk {
+                    let (_, req) = Login::start(&mut OsRng, b"wrong password")?;
+                    let (ch, frame) = ClientChannel::open(&rig.realm, &req, now_ms(), &mut OsRng)?;
+                    chans.push(ch);
+                    inputs.push(CoreIn::Open { user: u, frame });
+                }
+                let t = Instant::now();
+                let replies = rig.batch(inputs)?;
+                timed += t.elapsed();
+                let mut inputs = Vec::new();
+                for (ch, reply) in chans.iter_mut().zip(replies) {
+                    match ch.receive(&reply)? {
+                        Response::LoginStarted { .. } => {}
+                        other => bail!("core KE2: {other:?}"),
+                    }
+                    let mut ke3 = Box::new([0u8; 64]);
+                    OsRng.fill_bytes(&mut ke3[..]);
+                    inputs.push(CoreIn::Data {
+                        frame: ch.send(&Request::LoginFinish { ke3 }, now_ms())?,
+                    });
+                }
+                let t = Instant::now();
+                let replies = rig.batch(inputs)?;
+                timed += t.elapsed();
+                for (ch, reply) in chans.iter_mut().zip(replies) {
+                    match ch.receive(&reply)? {
+                        Response::Error {
+                            code: ErrorCode::WrongPassword,
+                            ..
+                        } => {}
+                        other => bail!("core KE3 answer: {other:?}"),
+                    }
+                }
+                // The first round warms up.
+                if round > 0 {
+                    logins += chunk.len();
+                } else {
+                    timed = Duration::ZERO;
+                }
+            }
+        }
+        out.push(CoreResult {
+            batch: b,
+            logins,
+            us_per_login: timed.as_secs_f64() * 1e6 / logins.max(1) as f64,
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- the whole path
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let mut req = agent
+        .post(url)
+        .header("Content-Type", "application/octet-stream");
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.send(body)?;
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_vec()?;
+    ensure!(
+        status == 200,
+        "HTTP {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(body)
+}
+
+fn get_text(url: &str) -> anyhow::Result<String> {
+    let mut r = agent().get(url).call()?;
+    Ok(r.body_mut().read_to_string()?)
+}
+
+fn metrics(base: &str) -> anyhow::Result<HashMap<String, f64>> {
+    let text = get_text(&format!("{base}/metrics"))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+struct Daemon {
+    child: Child,
+    base: String,
+    realm: RealmDescriptor,
+    tokens: Vec<String>,
+}
+
+impl Daemon {
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start_daemon(a: &AllArgs, dir: &Path, run: usize, users: usize) -> anyhow::Result<Daemon> {
+    let data = dir.join("data");
+    let nvram = dir.join("nvram").join("anchor.bin");
+    std::fs::create_dir_all(nvram.parent().context("nvram dir")?)?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let out = Command::new(&a.bin)
+        .args(["init", "--data"])
+        .arg(&data)
+        .arg("--nvram")
+        .arg(&nvram)
+        .args(["--address", &base])
+        .args(["--ksf-memory-kib", &KSF_MEMORY_KIB.to_string()])
+        .args(["--ksf-iterations", &KSF_ITERATIONS.to_string()])
+        .output()
+        .with_context(|| format!("running {}", a.bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "coffer-vault init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let realm = RealmDescriptor::from_json(&std::fs::read_to_string(data.join("realm.json"))?)?;
+    // `coffer-vault token` in process (same library function), before serve.
+    let tokens = (0..users)
+        .map(|i| coffer_vault::tenants::dev_token(&data, TENANT, &format!("user-{i}"), 86_400))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&a.out)?;
+    let log = std::fs::File::create(a.out.join(format!("server-run{run}.log")))?;
+    let child = Command::new("taskset")
+        .args(["-c", &a.server_cpu.to_string()])
+        .arg(&a.bin)
+        .args(["serve", "--data"])
+        .arg(&data)
+        .arg("--nvram")
+        .arg(&nvram)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--user-burst",
+            "100000",
+            "--user-rate-per-minute",
+            "10000000",
+        ])
+        .args([
+            "--tenant-burst",
+            "10000000",
+            "--tenant-rate-per-second",
+            "10000000",
+        ])
+        .env("COFFER_VAULT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let mut d = Daemon {
+        child,
+        base,
+        realm,
+        tokens,
+    };
+    let t0 = Instant::now();
+    loop {
+        if get_text(&format!("{}/healthz", d.base)).is_ok() {
+            break;
+        }
+        if let Ok(Some(st)) = d.child.try_wait() {
+            bail!("coffer-vault serve exited: {st}");
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "vault did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(d)
+}
+
+fn register_all(a: &AllArgs, d: &Daemon) -> anyhow::Result<()> {
+    let agents: Vec<ureq::Agent> = (0..a.register_threads.max(1)).map(|_| agent()).collect();
+    let next = AtomicUsize::new(0);
+    par_map((0..d.tokens.len()).collect(), a.register_threads, |i| {
+        let ag = &agents[next.fetch_add(1, Ordering::Relaxed) % agents.len()];
+        let pw = format!("correct horse {i}").into_bytes();
+        let (reg, req) = Registration::start(&mut OsRng, &pw, 10, false)?;
+        let (mut ch, frame) = ClientChannel::open(&d.realm, &req, now_ms(), &mut OsRng)?;
+        let body = post(
+            ag,
+            &format!("{}/v1/open", d.base),
+            Some(&d.tokens[i]),
+            &frame,
+        )?;
+        let resp = ch.receive(&body)?;
+        let up = reg.finish(&mut OsRng, &d.realm, &pw, &resp, &[7u8; 32])?;
+        let frame = ch.send(&up, now_ms())?;
+        let body = post(ag, &format!("{}/v1/send", d.base), None, &frame)?;
+        match ch.receive(&body)? {
+            Response::Registered { .. } => Ok(()),
+            other => bail!("registration of user {i}: {other:?}"),
+        }
+    })?;
+    // One correct login through the whole path: the path works end to end.
+    let ag = agent();
+    let (mut login, ke1) = Login::start(&mut OsRng, b"correct horse 0")?;
+    let (mut ch, frame) = ClientChannel::open(&d.realm, &ke1, now_ms(), &mut OsRng)?;
+    let resp = ch.receive(&post(
+        &ag,
+        &format!("{}/v1/open", d.base),
+        Some(&d.tokens[0]),
+        &frame,
+    )?)?;
+    let (ke3, wrong) = login.finish(&mut OsRng, &d.realm, b"correct horse 0", &resp)?;
+    ensure!(!wrong, "the correct password did not verify");
+    let frame = ch.send(&ke3, now_ms())?;
+    let resp = ch.receive(&post(&ag, &format!("{}/v1/send", d.base), None, &frame)?)?;
+    ensure!(
+        *login.key(&d.realm, &resp)? == [7u8; 32],
+        "a correct login did not release the key"
+    );
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct PathResult {
+    concurrency: usize,
+    logins: usize,
+    errors: usize,
+    first_error: Option<String>,
+    wall_s: f64,
+    server_cpu_s: f64,
+    server_sched_cpu_s: f64,
+    /// Busy time of the server's CPU (the process plus kernel work that ran there).
+    server_core_busy_s: f64,
+    client_cpu_s: f64,
+    /// Busy time of the load generator's CPU.
+    client_core_busy_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_batch: f64,
+    store_commit_us_per_login: f64,
+    core_us_per_login: f64,
+    batches_per_login: f64,
+}
+
+impl PathResult {
+    fn per_core(&self) -> f64 {
+        self.logins as f64 / self.server_cpu_s
+    }
+    fn wall_rate(&self) -> f64 {
+        self.logins as f64 / self.wall_s
+    }
+    /// Load on the server's CPU that is not the server process (other
+    /// users' processes, and kernel work not charged to it), % of wall.
+    fn other_load_server_cpu(&self) -> f64 {
+        100.0 * (self.server_core_busy_s - self.server_cpu_s).max(0.0) / self.wall_s
+    }
+    fn other_load_client_cpu(&self) -> f64 {
+        100.0 * (self.client_core_busy_s - self.client_cpu_s).max(0.0) / self.wall_s
+    }
+}
+
+struct Item {
+    user: usize,
+    ch: ClientChannel,
+    frame: Vec<u8>,
+}
+
+/// Logins at concurrency `c`: `budget` precomputed open frames (KE1 inside
+/// HPKE, so the load generator only does HTTP, an AES-GCM open and a
+/// ChaCha20-Poly1305 seal per request while timed), users round-robin from
+/// `slot0`.
+#[allow(clippy::too_many_arguments)]
+fn path_phase(
+    d: &Daemon,
+    c: usize,
+    slot0: usize,
+    budget: usize,
+    max_secs: f64,
+    tck: f64,
+    (server_cpu, client_cpu): (usize, usize),
+    perf: Option<(&Path, &str)>,
+) -> anyhow::Result<PathResult> {
+    let users = d.tokens.len();
+    let items: Vec<Item> = (0..budget)
+        .map(|i| {
+            let (_, req) = Login::start(&mut OsRng, b"wrong password")?;
+            let (ch, frame) = ClientChannel::open(&d.realm, &req, now_ms(), &mut OsRng)?;
+            Ok(Item {
+                user: (slot0 + i) % users,
+                ch,
+                frame,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let queue = Mutex::new(items.into_iter());
+    let agents: Vec<ureq::Agent> = (0..c).map(|_| agent()).collect();
+    // Open the keep-alive connections before timing.
+    for ag in &agents {
+        let _ = ag.get(format!("{}/healthz", d.base)).call();
+    }
+    let m0 = metrics(&d.base)?;
+    let pid = d.pid();
+    let mut perf_child = match perf {
+        Some((out, cg)) => {
+            let mut cmd = Command::new("perf");
+            cmd.args(["record", "-F", "1999", "-o"]).arg(out);
+            match cg {
+                "none" => {}
+                "dwarf" => {
+                    cmd.args(["--call-graph", "dwarf,32768"]);
+                }
+                other => {
+                    cmd.args(["--call-graph", other]);
+                }
+            }
+            let ch = cmd
+                .args(["-p", &pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("perf")?;
+            std::thread::sleep(Duration::from_millis(500));
+            Some(ch)
+        }
+        None => None,
+    };
+    let barrier = Barrier::new(c + 1);
+    let deadline = Duration::from_secs_f64(max_secs);
+    let lat: Mutex<Vec<f64>> = Mutex::new(Vec::with_capacity(budget));
+    let errors = AtomicUsize::new(0);
+    let first_error: Mutex<Option<String>> = Mutex::new(None);
+    let me = std::process::id().to_string();
+    let (t_start, cpu0, sched0, client0, busy0, cbusy0) =
+        std::thread::scope(|s| -> anyhow::Result<_> {
+            for ag in &agents {
+                let (queue, barrier, lat, errors, first_error) =
+                    (&queue, &barrier, &lat, &errors, &first_error);
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    barrier.wait();
+                    let t0 = Instant::now();
+                    loop {
+                        if t0.elapsed() > deadline {
+                            break;
+                        }
+                        let next = queue.lock().ok().and_then(|mut q| q.next());
+                        let Some(mut it) = next else { break };
+                        let t = Instant::now();
+                        match login_once(ag, d, &mut it) {
+                            Ok(()) => mine.push(t.elapsed().as_secs_f64() * 1e3),
+                            Err(e) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut f) = first_error.lock() {
+                                    f.get_or_insert(format!("{e:#}"));
+                                }
+                            }
+                        }
+                    }
+                    if let Ok(mut l) = lat.lock() {
+                        l.extend(mine);
+                    }
+                });
+            }
+            let cpu0 = proc_ticks(&pid)?;
+            let sched0 = proc_sched_ns(&pid);
+            let client0 = proc_ticks(&me)?;
+            let busy0 = cpu_busy_ticks(server_cpu)?;
+            let cbusy0 = cpu_busy_ticks(client_cpu)?;
+            let t_start = Instant::now();
+            barrier.wait();
+            Ok((t_start, cpu0, sched0, client0, busy0, cbusy0))
+        })?;
+    let wall_s = t_start.elapsed().as_secs_f64();
+    let busy1 = cpu_busy_ticks(server_cpu)?;
+    let cbusy1 = cpu_busy_ticks(client_cpu)?;
+    let cpu1 = proc_ticks(&pid)?;
+    let sched1 = proc_sched_ns(&pid);
+    let client1 = proc_ticks(&me)?;
+    if let Some(p) = perf_child.as_mut() {
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    }
+    let m1 = metrics(&d.base)?;
+    let dm = |k: &str| m1.get(k).copied().unwrap_or(0.0) - m0.get(k).copied().unwrap_or(0.0);
+    let lat = sorted(lat.into_inner().map_err(|_| anyhow!("poisoned"))?);
+    let logins = lat.len();
+    let n = logins.max(1) as f64;
+    Ok(PathResult {
+        concurrency: c,
+        logins,
+        errors: errors.load(Ordering::Relaxed),
+        first_error: first_error.into_inner().ok().flatten(),
+        wall_s,
+        server_cpu_s: (cpu1 - cpu0) as f64 / tck,
+        server_sched_cpu_s: sched1.saturating_sub(sched0) as f64 / 1e9,
+        server_core_busy_s: busy1.saturating_sub(busy0) as f64 / tck,
+        client_cpu_s: (client1 - client0) as f64 / tck,
+        client_core_busy_s: cbusy1.saturating_sub(cbusy0) as f64 / tck,
+        p50_ms: quantile(&lat, 0.5),
+        p99_ms: quantile(&lat, 0.99),
+        mean_batch: dm("coffer_vault_batch_frames_total") / dm("coffer_vault_batches_total"),
+        store_commit_us_per_login: dm("coffer_vault_store_commit_microseconds_total") / n,
+        core_us_per_login: dm("coffer_vault_core_microseconds_total") / n,
+        batches_per_login: dm("coffer_vault_batches_total") / n,
+    })
+}
+
+/// One wrong-password login: open (KE1 → KE2), send (random KE3 → refusal).
+fn login_once(ag: &ureq::Agent, d: &Daemon, it: &mut Item) -> anyhow::Result<()> {
+    let body = post(
+        ag,
+        &format!("{}/v1/open", d.base),
+        Some(&d.tokens[it.user]),
+        &it.frame,
+    )?;
+    match it.ch.receive(&body)? {
+        Response::LoginStarted { .. } => {}
+        other => bail!("expected KE2, got {other:?}"),
+    }
+    let mut ke3 = Box::new([0u8; 64]);
+    OsRng.fill_bytes(&mut ke3[..]);
+    let frame = it.ch.send(&Request::LoginFinish { ke3 }, now_ms())?;
+    let body = post(ag, &format!("{}/v1/send", d.base), None, &frame)?;
+    match it.ch.receive(&body)? {
+        Response::Error {
+            code: ErrorCode::WrongPassword,
+            attempts_remaining: Some(_),
+            ..
+        } => Ok(()),
+        other => bail!("expected a wrong-password refusal, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- all
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct RunResult {
+    run: usize,
+    raw: RawResult,
+    path: Vec<PathResult>,
+}
+
+fn run_all(a: &AllArgs) -> anyhow::Result<()> {
+    let tck = clk_tck()?;
+    let me = std::process::id();
+    let both = format!("{},{}", a.server_cpu, a.client_cpu);
+    let cpus = (a.server_cpu, a.client_cpu);
+    let quiet = || wait_quiet(a.quiet_threshold, a.quiet_wait_secs);
+    let warmup = 300;
+    let measured: usize = a.concurrency.len() * a.phase_logins;
+    let perf_budget = if a.perf { a.phase_logins } else { 0 };
+    let needed = warmup + measured + perf_budget;
+    let users = if a.users > 0 {
+        a.users
+    } else {
+        needed.div_ceil(WRONG_PER_USER)
+    };
+    ensure!(
+        users * WRONG_PER_USER >= needed,
+        "--users {users} too few: {needed} logins need {} users at 9 wrong logins each",
+        needed.div_ceil(WRONG_PER_USER)
+    );
+    std::fs::create_dir_all(&a.out)?;
+    let exe = std::env::current_exe()?;
+    let mut runs = Vec::new();
+    let mut profile = String::new();
+    for run in 1..=a.runs {
+        set_affinity(me, &both)?;
+        eprintln!(
+            "[run {run}] raw opaque-ke + in-process core, pinned to CPU {}",
+            a.server_cpu
+        );
+        let r = &a.raw;
+        quiet()?;
+        let out = Command::new(&exe)
+            .arg("raw")
+            .args(["--cpu", &a.server_cpu.to_string()])
+            .args(["--logins", &r.logins.to_string()])
+            .args(["--correct", &r.correct.to_string()])
+            .args(["--raw-users", &r.raw_users.to_string()])
+            .args(["--core-users", &r.core_users.to_string()])
+            .arg(format!(
+                "--core-batches={}",
+                r.core_batches
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ))
+            .stderr(Stdio::inherit())
+            .output()?;
+        ensure!(out.status.success(), "loginbench raw failed");
+        let raw: RawResult = serde_json::from_slice(&out.stdout)?;
+        eprintln!(
+            "[run {run}] raw: {:.1} µs/login (p50), {:.0} logins/s/core; correct KE3 start/finish p50 {:.1}/{:.2} µs vs wrong {:.1}/{:.2} µs",
+            raw.p50_us,
+            1e6 / raw.cpu_us,
+            raw.correct_start_p50_us,
+            raw.correct_finish_p50_us,
+            raw.wrong_start_p50_us,
+            raw.wrong_finish_p50_us
+        );
+
+        let tmp;
+        let dir = match &a.workdir {
+            Some(w) => {
+                let d = w.join(format!("run{run}"));
+                if d.exists() {
+                    std::fs::remove_dir_all(&d)?;
+                }
+                std::fs::create_dir_all(&d)?;
+                d
+            }
+            None => {
+                tmp = tempfile::tempdir()?;
+                tmp.path().to_path_buf()
+            }
+        };
+        eprintln!(
+            "[run {run}] daemon on CPU {}: registering {users} users (client Argon2id m={KSF_MEMORY_KIB} KiB t={KSF_ITERATIONS})",
+            a.server_cpu
+        );
+        let mut d = start_daemon(a, &dir, run, users)?;
+        let t = Instant::now();
+        register_all(a, &d)?;
+        eprintln!(
+            "[run {run}] registered in {:.1} s; load generator on CPU {}",
+            t.elapsed().as_secs_f64(),
+            a.client_cpu
+        );
+        set_affinity(me, &a.client_cpu.to_string())?;
+        let mut slot = 0;
+        let w = path_phase(&d, 8, slot, warmup, 30.0, tck, cpus, None)?;
+        ensure!(w.errors == 0, "warm-up errors: {:?}", w.first_error);
+        slot += warmup;
+        let mut path = Vec::new();
+        for &c in &a.concurrency {
+            quiet()?;
+            let p = path_phase(&d, c, slot, a.phase_logins, a.phase_secs, tck, cpus, None)?;
+            slot += a.phase_logins;
+            eprintln!(
+                "[run {run}] path C={c}: {} logins in {:.2} s, {:.0} logins/s/core ({:.0}% of raw), {:.0}/s wall, p50 {:.2} ms, p99 {:.2} ms, batch {:.1}, server CPU {:.0}%, client CPU {:.0}%, errors {}",
+                p.logins,
+                p.wall_s,
+                p.per_core(),
+                100.0 * p.per_core() * raw.cpu_us / 1e6,
+                p.wall_rate(),
+                p.p50_ms,
+                p.p99_ms,
+                p.mean_batch,
+                100.0 * p.server_cpu_s / p.wall_s,
+                100.0 * p.client_cpu_s / p.wall_s,
+                p.errors
+            );
+            if let Some(e) = &p.first_error {
+                eprintln!("[run {run}]   first error: {e}");
+            }
+            path.push(p);
+        }
+        if a.perf && run == a.runs {
+            let c = a
+                .perf_concurrency
+                .unwrap_or_else(|| a.concurrency.iter().copied().max().unwrap_or(64));
+            let file = a.out.join(format!("perf-run{run}.data"));
+            quiet()?;
+            eprintln!(
+                "[run {run}] profiling the server at C={c} → {}",
+                file.display()
+            );
+            let p = path_phase(
+                &d,
+                c,
+                slot,
+                a.phase_logins,
+                a.phase_secs,
+                tck,
+                cpus,
+                Some((&file, &a.perf_callgraph)),
+            )?;
+            eprintln!(
+                "[run {run}] (under perf) {:.0} logins/s/core, {} logins, {:.3} s server CPU",
+                p.per_core(),
+                p.logins,
+                p.server_cpu_s
+            );
+            std::fs::write(
+                a.out.join(format!("perf-run{run}.json")),
+                serde_json::to_string_pretty(&p)?,
+            )?;
+            // Scale the shares with this run's unprofiled phase at the same C.
+            let us = path
+                .iter()
+                .find(|q| q.concurrency == c)
+                .map(|q| q.server_cpu_s * 1e6 / q.logins.max(1) as f64)
+                .unwrap_or(0.0);
+            let script = Command::new("perf")
+                .args(["script", "-F", "tid,period,ip,sym", "-i"])
+                .arg(&file)
+                .stderr(Stdio::null())
+                .output()
+                .context("perf script")?;
+            profile = format!(
+                "\nProfile (run {run}, C={c}, `perf record -F 1999 --call-graph {}` on the server; samples grouped by call stack, µs/login = share × the unprofiled phase's {us:.0} µs of server CPU per login):\n\n{}",
+                a.perf_callgraph,
+                summarize(&script.stdout[..], us)?
+            );
+        }
+        d.stop();
+        runs.push(RunResult { run, raw, path });
+    }
+    set_affinity(me, &both)?;
+    let md = render(&runs) + &profile;
+    println!("{md}");
+    std::fs::write(a.out.join("results.md"), &md)?;
+    std::fs::write(
+        a.out.join("results.json"),
+        serde_json::to_string_pretty(&runs)?,
+    )?;
+    Ok(())
+}
+
+/// One row of the main table.
+struct Row {
+    what: String,
+    per_core: f64,
+    pct_raw: f64,
+    busy_rate: Option<f64>,
+    wall_rate: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    batch: Option<f64>,
+    server_cpu_pct: f64,
+    client_cpu_pct: Option<f64>,
+    other_load: String,
+}
+
+fn rows(r: &RunResult) -> Vec<Row> {
+    let raw_rate = 1e6 / r.raw.cpu_us;
+    let mut out = vec![Row {
+        what: "raw opaque-ke, server side, 1 thread".into(),
+        per_core: raw_rate,
+        pct_raw: 100.0,
+        busy_rate: None,
+        wall_rate: Some(1e6 / r.raw.mean_us),
+        p50_ms: Some(r.raw.p50_us / 1e3),
+        p99_ms: Some(r.raw.p99_us / 1e3),
+        batch: None,
+        server_cpu_pct: 100.0,
+        client_cpu_pct: None,
+        other_load: format!("{:.0}", r.raw.other_load_pct),
+    }];
+    for c in &r.raw.core {
+        let rate = 1e6 / c.us_per_login;
+        out.push(Row {
+            what: format!(
+                "core in process, batches of {} (no HTTP, redb, fsync)",
+                c.batch
+            ),
+            per_core: rate,
+            pct_raw: 100.0 * rate / raw_rate,
+            busy_rate: None,
+            wall_rate: None,
+            p50_ms: None,
+            p99_ms: None,
+            batch: Some(c.batch as f64),
+            server_cpu_pct: 100.0,
+            client_cpu_pct: None,
+            other_load: format!("{:.0}", r.raw.core_other_load_pct),
+        });
+    }
+    for p in &r.path {
+        out.push(Row {
+            what: format!("whole path, C={}", p.concurrency),
+            per_core: p.per_core(),
+            pct_raw: 100.0 * p.per_core() / raw_rate,
+            busy_rate: Some(p.logins as f64 / p.server_core_busy_s),
+            wall_rate: Some(p.wall_rate()),
+            p50_ms: Some(p.p50_ms),
+            p99_ms: Some(p.p99_ms),
+            batch: Some(p.mean_batch),
+            server_cpu_pct: 100.0 * p.server_cpu_s / p.wall_s,
+            client_cpu_pct: Some(100.0 * p.client_cpu_s / p.wall_s),
+            other_load: format!(
+                "{:.0} / {:.0}",
+                p.other_load_server_cpu(),
+                p.other_load_client_cpu()
+            ),
+        });
+    }
+    out
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}"))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn render(runs: &[RunResult]) -> String {
+    let mut s = String::new();
+    let all: Vec<Vec<Row>> = runs.iter().map(rows).collect();
+    if runs.len() > 1 {
+        s.push_str(&format!(
+            "Median of {} runs (min–max), per row:\n\n",
+            runs.len()
+        ));
+        s.push_str(
+            "| what | logins/s/core | % of raw | wall logins/s | p50 ms | p99 ms | mean batch |\n",
+        );
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        for (i, row) in all[0].iter().enumerate() {
+            let col = |f: &dyn Fn(&Row) -> Option<f64>| -> Vec<f64> {
+                all.iter().filter_map(|rs| rs.get(i).and_then(f)).collect()
+            };
+            let fmt = |v: Vec<f64>, prec: usize| -> String {
+                if v.is_empty() {
+                    return "–".into();
+                }
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{:.prec$} ({lo:.prec$}–{hi:.prec$})", median(v.clone()))
+            };
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                row.what,
+                fmt(col(&|r| Some(r.per_core)), 0),
+                fmt(col(&|r| Some(r.pct_raw)), 0),
+                fmt(col(&|r| r.wall_rate), 0),
+                fmt(col(&|r| r.p50_ms), 2),
+                fmt(col(&|r| r.p99_ms), 2),
+                fmt(col(&|r| r.batch), 1),
+            ));
+        }
+        s.push_str("\nEach run:\n\n");
+    }
+    s.push_str("| run | what | logins/s/core | % of raw | logins/s per busy CPU | wall logins/s | p50 ms | p99 ms | mean batch | server CPU % | client CPU % | other load % (server CPU / client CPU) |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (r, rs) in runs.iter().zip(&all) {
+        for row in rs {
+            s.push_str(&format!(
+                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} | {} |\n",
+                r.run,
+                row.what,
+                row.per_core,
+                row.pct_raw,
+                opt(row.busy_rate, 0),
+                opt(row.wall_rate, 0),
+                opt(row.p50_ms, if row.pct_raw == 100.0 { 3 } else { 2 }),
+                opt(row.p99_ms, if row.pct_raw == 100.0 { 3 } else { 2 }),
+                opt(row.batch, 1),
+                row.server_cpu_pct,
+                opt(row.client_cpu_pct, 0),
+                row.other_load
+            ));
+        }
+    }
+    s.push_str("\nWhole path, per login (server CPU from /proc/<pid>/stat and from summed schedstat; engine wall time from /metrics):\n\n");
+    s.push_str("| run | C | logins | errors | server CPU µs (stat) | server CPU µs (schedstat) | CPU busy µs | store commit wall µs | core wall µs (incl. NVRAM) | batches/login |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in runs {
+        for p in &r.path {
+            let n = p.logins.max(1) as f64;
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |\n",
+                r.run,
+                p.concurrency,
+                p.logins,
+                p.errors,
+                p.server_cpu_s * 1e6 / n,
+                p.server_sched_cpu_s * 1e6 / n,
+                p.server_core_busy_s * 1e6 / n,
+                p.store_commit_us_per_login,
+                p.core_us_per_login,
+                p.batches_per_login
+            ));
+        }
+    }
+    s.push_str("\nRaw opaque-ke, server µs per login (p50): ServerLogin::start (incl. deserializing file + KE1, serializing KE2) / finish (incl. deserializing KE3); and the channel's HPKE accept:\n\n");
+    for r in runs {
+        s.push_str(&format!(
+            "- run {}: all {} wrong KE3: {:.1} / {:.2} (thread CPU {:.1} µs/login); {} correct KE3: {:.1} / {:.2} vs {} wrong interleaved with them: {:.1} / {:.2}; HPKE accept {:.1}\n",
+            r.run,
+            r.raw.logins,
+            r.raw.start_p50_us,
+            r.raw.finish_p50_us,
+            r.raw.cpu_us,
+            r.raw.correct_samples,
+            r.raw.correct_start_p50_us,
+            r.raw.correct_finish_p50_us,
+            r.raw.correct_samples,
+            r.raw.wrong_start_p50_us,
+            r.raw.wrong_finish_p50_us,
+            r.raw.hpke_accept_p50_us
+        ));
+    }
+    s
+}
+
+// ---------------------------------------------------------------- perf summary
+
+/// Categories, first match wins: (name, a frame must contain one of `any`,
+/// and, if `and` is not empty, a frame must also contain one of `and`).
+const CATEGORIES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "OPAQUE server (opaque-ke: deserialize, ServerLogin::start/finish, its RNG)",
+        &["opaque_ke::", "ServerLogin", "voprf::"],
+        &[],
+    ),
+    (
+        "channel: open frame (HPKE X25519 decap + key schedule + ChaCha20-Poly1305)",
+        &["ServerChannel::accept"],
+        &[],
+    ),
+    (
+        "channel: data frame (ChaCha20-Poly1305)",
+        &["ServerChannel::open_data"],
+        &[],
+    ),
+    ("channel: reply seal (AES-256-GCM)", &["seal_reply"], &[]),
+    (
+        "record seal/open (XChaCha20-Poly1305)",
+        &["seal_record", "open_record"],
+        &[],
+    ),
+    (
+        "Merkle: leaf hashes + path to root (SHA-256)",
+        &["set_leaf", "leaf_hash", "node_hash", "merkle::"],
+        &[],
+    ),
+    ("marker (HMAC-SHA256)", &["make_marker"], &[]),
+    (
+        "redb commit: fsync/fdatasync (kernel)",
+        &["Store::commit"],
+        &["fsync", "fdatasync", "ext4_sync_file"],
+    ),
+    (
+        "redb commit: B-tree, page cache writes",
+        &["Store::commit"],
+        &[],
+    ),
+    ("redb read (Store::buckets)", &["Store::buckets"], &[]),
+    (
+        "NVRAM file write: fsync of file + directory (kernel)",
+        &["nvram_write"],
+        &["fsync", "fdatasync", "ext4_sync_file"],
+    ),
+    (
+        "NVRAM file write: create, write, rename",
+        &["nvram_write"],
+        &[],
+    ),
+    (
+        "core: other (sessions, replay cache, record codec, bucket clones, allocation)",
+        &[
+            "coffer_vault_core::Core<",
+            "coffer_vault_core::session",
+            "coffer_vault_core::record",
+            "coffer_vault_core::secrets",
+        ],
+        &[],
+    ),
+    (
+        "engine ↔ HTTP hand-off (tokio mpsc/oneshot, wake-ups, futex)",
+        &["sync::oneshot", "sync::mpsc", "blocking_recv"],
+        &[],
+    ),
+    (
+        "engine thread: other (record ids, batching, channel wake-ups, metrics)",
+        &["engine::run", "engine::spawn"],
+        &[],
+    ),
+    ("token check (JWT HS256)", &["Tenants::verify"], &[]),
+    ("rate limiter", &["RateLimiter"], &[]),
+    (
+        "HTTP: hyper/axum/tokio incl. TCP send/recv, epoll",
+        &["hyper", "axum", "tokio", "mio::"],
+        &[],
+    ),
+];
+
+fn perf_summary(us_per_login: f64) -> anyhow::Result<()> {
+    print!("{}", summarize(std::io::stdin().lock(), us_per_login)?);
+    Ok(())
+}
+
+/// Groups `perf script -F tid,period,ip,sym` samples by [`CATEGORIES`].
+fn summarize(input: impl std::io::BufRead, us_per_login: f64) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let mut totals: Vec<f64> = vec![0.0; CATEGORIES.len() + 1];
+    let mut stack: Vec<String> = Vec::new();
+    let mut period = 0.0;
+    let mut flush = |stack: &mut Vec<String>, period: f64| {
+        if stack.is_empty() && period == 0.0 {
+            return;
+        }
+        let has = |pats: &[&str]| stack.iter().any(|f| pats.iter().any(|p| f.contains(p)));
+        let i = CATEGORIES
+            .iter()
+            .position(|(_, any, and)| has(any) && (and.is_empty() || has(and)))
+            .unwrap_or(CATEGORIES.len());
+        totals[i] += period;
+        stack.clear();
+    };
+    for line in input.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            // A sample header: "tid period".
+            flush(&mut stack, period);
+            period = line
+                .split_whitespace()
+                .last()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(1.0);
+        } else {
+            stack.push(line);
+        }
+    }
+    flush(&mut stack, period);
+    let all: f64 = totals.iter().sum();
+    ensure!(
+        all > 0.0,
+        "no samples on stdin (pipe `perf script -F tid,period,ip,sym`)"
+    );
+    let mut rows: Vec<(usize, f64)> = totals.iter().copied().enumerate().collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut out = String::new();
+    let _ = writeln!(out, "| where the server's CPU goes | share | µs/login |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    for (i, t) in rows {
+        if t == 0.0 {
+            continue;
+        }
+        let name = CATEGORIES
+            .get(i)
+            .map(|c| c.0)
+            .unwrap_or("other (kernel without a user stack: softirq, scheduler, page reclaim)");
+        let share = t / all;
+        let us = if us_per_login > 0.0 {
+            format!("{:.0}", share * us_per_login)
+        } else {
+            "–".into()
+        };
+        let _ = writeln!(out, "| {name} | {:.1}% | {us} |", 100.0 * share);
+    }
+    Ok(out)
+}
