@@ -1,27 +1,79 @@
 //! The software platform of the trusted core: the system clock, the OS
 //! CSPRNG, and NVRAM as a small file kept apart from the record store.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::cell::Cell;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use coffer_vault_core::{Platform, PlatformError};
 
-/// NVRAM in a file, written atomically and durably (temp, fsync, rename,
-/// fsync of the directory). An operator who restores an old copy of the
-/// store but not this file is detected; one who rolls back both is what a
-/// hardware HSM's NVRAM exists to stop (docs/threat-model.md).
+/// Bytes per NVRAM slot.
+const SLOT: usize = 128;
+/// Largest NVRAM content a slot holds.
+const MAX_DATA: usize = 96 - 14;
+const MAGIC: &[u8; 4] = b"CVNS";
+
+/// NVRAM in a file of two fixed slots, written in place: each write goes to
+/// the slot not holding the current contents (`pwrite`, then `fdatasync`),
+/// so a torn write leaves the previous contents whole, and no rename or
+/// directory sync is needed after the file exists.
+///
+/// ```text
+/// slot = "CVNS" | sequence:u64 | len:u16 | data[len], zero padded to 96 bytes | SHA-256(first 96 bytes)
+/// ```
+///
+/// Reading takes the valid slot with the higher sequence. An operator who
+/// restores an old copy of the store but not this file is detected; one who
+/// rolls back both is what a hardware HSM's NVRAM exists to stop
+/// (docs/threat-model.md).
 pub struct FilePlatform {
-    nvram: PathBuf,
+    path: PathBuf,
+    file: Option<File>,
+    seq: Cell<u64>,
 }
 
 impl FilePlatform {
     /// A platform whose NVRAM is `nvram`.
     pub fn new(nvram: &Path) -> Self {
         Self {
-            nvram: nvram.to_path_buf(),
+            path: nvram.to_path_buf(),
+            file: None,
+            seq: Cell::new(0),
         }
     }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> PlatformError {
+        PlatformError(format!("NVRAM file {}: {what}: {e}", self.path.display()))
+    }
+}
+
+fn parse_slot(slot: &[u8]) -> Option<(u64, Vec<u8>)> {
+    if slot.len() != SLOT || &slot[..4] != MAGIC {
+        return None;
+    }
+    let sum = ring::digest::digest(&ring::digest::SHA256, &slot[..96]);
+    if sum.as_ref() != &slot[96..] {
+        return None;
+    }
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&slot[4..12]);
+    let len = usize::from(u16::from_be_bytes([slot[12], slot[13]]));
+    if len > MAX_DATA {
+        return None;
+    }
+    Some((u64::from_be_bytes(s), slot[14..14 + len].to_vec()))
+}
+
+fn make_slot(seq: u64, data: &[u8]) -> [u8; SLOT] {
+    let mut slot = [0u8; SLOT];
+    slot[..4].copy_from_slice(MAGIC);
+    slot[4..12].copy_from_slice(&seq.to_be_bytes());
+    slot[12..14].copy_from_slice(&(data.len() as u16).to_be_bytes());
+    slot[14..14 + data.len()].copy_from_slice(data);
+    let sum = ring::digest::digest(&ring::digest::SHA256, &slot[..96]);
+    slot[96..].copy_from_slice(sum.as_ref());
+    slot
 }
 
 impl Platform for FilePlatform {
@@ -42,40 +94,108 @@ impl Platform for FilePlatform {
     }
 
     fn nvram_read(&self) -> Result<Option<Vec<u8>>, PlatformError> {
-        match fs::read(&self.nvram) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(PlatformError(format!(
-                "cannot read NVRAM file {}: {e}",
-                self.nvram.display()
-            ))),
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err("read", e)),
+        };
+        let best = bytes
+            .chunks(SLOT)
+            .take(2)
+            .filter_map(parse_slot)
+            .max_by_key(|(seq, _)| *seq);
+        match best {
+            Some((seq, data)) => {
+                self.seq.set(seq);
+                Ok(Some(data))
+            }
+            None => Err(self.err(
+                "no valid slot",
+                "the file is damaged or is not a Coffer NVRAM file",
+            )),
         }
     }
 
     fn nvram_write(&mut self, data: &[u8]) -> Result<(), PlatformError> {
-        let err = |what: &str, e: std::io::Error| {
-            PlatformError(format!("NVRAM file {}: {what}: {e}", self.nvram.display()))
-        };
-        let dir = self
-            .nvram
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = self.nvram.with_extension("tmp");
-        {
-            let mut f = OpenOptions::new()
+        if data.len() > MAX_DATA {
+            return Err(self.err("write", format!("{} bytes do not fit a slot", data.len())));
+        }
+        if self.file.is_none() {
+            let existed = self.path.exists();
+            if existed {
+                self.nvram_read()?;
+            }
+            let f = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| err("create", e))?;
-            f.write_all(data).map_err(|e| err("write", e))?;
-            f.sync_all().map_err(|e| err("fsync", e))?;
+                .truncate(false)
+                .open(&self.path)
+                .map_err(|e| self.err("open", e))?;
+            if !existed {
+                f.set_len(2 * SLOT as u64)
+                    .map_err(|e| self.err("size", e))?;
+                f.sync_all().map_err(|e| self.err("fsync", e))?;
+                let dir = self
+                    .path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| self.err("fsync directory", e))?;
+            }
+            self.file = Some(f);
         }
-        fs::rename(&tmp, &self.nvram).map_err(|e| err("rename", e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| err("fsync directory", e))?;
+        let seq = self.seq.get() + 1;
+        let slot = make_slot(seq, data);
+        let offset = (seq % 2) * SLOT as u64;
+        let f = self
+            .file
+            .as_ref()
+            .ok_or_else(|| self.err("write", "not open"))?;
+        f.write_all_at(&slot, offset)
+            .map_err(|e| self.err("write", e))?;
+        f.sync_data().map_err(|e| self.err("fdatasync", e))?;
+        self.seq.set(seq);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_alternate_and_a_torn_slot_keeps_the_previous_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nv");
+        let mut p = FilePlatform::new(&path);
+        assert_eq!(p.nvram_read().unwrap(), None);
+        p.nvram_write(b"one").unwrap();
+        p.nvram_write(b"two").unwrap();
+        assert_eq!(
+            FilePlatform::new(&path).nvram_read().unwrap(),
+            Some(b"two".to_vec())
+        );
+        // Tear the slot holding "two": the reader falls back to "one".
+        let mut bytes = std::fs::read(&path).unwrap();
+        let two_at = (2 % 2) * SLOT;
+        bytes[two_at + 20] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            FilePlatform::new(&path).nvram_read().unwrap(),
+            Some(b"one".to_vec())
+        );
+        // Reopened, the next write goes over the torn slot and wins.
+        let mut q = FilePlatform::new(&path);
+        q.nvram_read().unwrap();
+        q.nvram_write(b"three").unwrap();
+        assert_eq!(
+            FilePlatform::new(&path).nvram_read().unwrap(),
+            Some(b"three".to_vec())
+        );
+        std::fs::write(&path, [0u8; 256]).unwrap();
+        assert!(FilePlatform::new(&path).nvram_read().is_err());
     }
 }
