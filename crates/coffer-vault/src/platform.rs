@@ -180,8 +180,8 @@ mod tests {
         );
         // Tear the slot holding "two": the reader falls back to "one".
         let mut bytes = std::fs::read(&path).unwrap();
-        let two_at = (2 % 2) * SLOT;
-        bytes[two_at + 20] ^= 0xff;
+        // Sequence 2 went to slot 0 (slots alternate by sequence parity).
+        bytes[20] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(
             FilePlatform::new(&path).nvram_read().unwrap(),
