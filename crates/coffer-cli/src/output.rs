@@ -246,6 +246,13 @@ pub fn verify_summary(s: &VerifySummary, json: bool) {
         s.packs_read,
         human_bytes(s.bytes_read)
     );
+    match &s.conditional_writes_reason {
+        None if s.conditional_writes => println!("storage: conditional writes enforced (probed)"),
+        reason => println!(
+            "storage: conditional writes not enforced ({}); prune does not need them (two-phase, ADR 0004)",
+            reason.as_deref().unwrap_or("not probed")
+        ),
+    }
     if s.errors.is_empty() {
         println!("no problems found");
     }

@@ -1,13 +1,27 @@
-//! End-to-end: the real `coffer` binary on real files and a real SQLite database.
+//! End-to-end: the real `coffer` binary on real files and a real SQLite
+//! database, with the repository on each backend: a local directory, S3
+//! (moto) and WebDAV (WsgiDAV) — see `coffer_testkit::backend_tests!`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use coffer_testkit::{assert_same_tree, db_dump, make_chat_db, write_tree, Cli};
+use coffer_testkit::{
+    assert_same_tree, backend_tests, db_dump, make_chat_db, write_tree, Backend, Cli,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffer");
+
+backend_tests!(
+    backup_and_restore_on_another_device_byte_identical,
+    incremental_reads_only_what_changed,
+    restore_one_path_or_the_database_alone,
+    database_snapshot_is_consistent_under_concurrent_writes,
+    recovery_key_forms_and_sources,
+    forget_keeps_policy_and_prune_frees_space,
+    unreadable_paths_are_warnings_and_the_snapshot_is_saved,
+);
 
 fn restore(cli: &Cli, target: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["restore", "latest", "--target", target.to_str().unwrap()];
@@ -15,9 +29,8 @@ fn restore(cli: &Cli, target: &Path, extra: &[&str]) -> serde_json::Value {
     cli.json(&args)
 }
 
-#[test]
-fn backup_and_restore_on_another_device_byte_identical() {
-    let cli = Cli::init(Path::new(BIN));
+fn backup_and_restore_on_another_device_byte_identical(backend: Backend) {
+    let cli = Cli::init_on(Path::new(BIN), backend);
     let src = cli.path("data/media");
     write_tree(&src, 1, 40, 300_000);
     let db = cli.path("data/msgstore.db");
@@ -59,11 +72,25 @@ fn backup_and_restore_on_another_device_byte_identical() {
     let v = cli.json(&["verify", "--read-data"]);
     assert!(v["errors"].as_array().unwrap().is_empty(), "{v}");
     assert!(v["packs_read"].as_u64().unwrap() >= 1);
+    // Probed when the repository was opened: the local disk and moto honour
+    // create-if-absent; WebDAV has only a check-then-write.
+    let enforced = backend != Backend::WebDav;
+    assert_eq!(v["conditional_writes"], enforced, "{v}");
+    assert_eq!(v["conditional_writes_reason"].is_string(), !enforced, "{v}");
+    let text = cli.run(&["verify"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let want = if enforced {
+        "conditional writes enforced"
+    } else {
+        "conditional writes not enforced"
+    };
+    assert!(text.contains(want), "{text}");
+    // The probe leaves nothing behind.
+    assert!(cli.names("probe/").is_empty());
 }
 
-#[test]
-fn incremental_reads_only_what_changed() {
-    let cli = Cli::init(Path::new(BIN));
+fn incremental_reads_only_what_changed(backend: Backend) {
+    let cli = Cli::init_on(Path::new(BIN), backend);
     let src = cli.path("media");
     write_tree(&src, 3, 30, 200_000);
     let first = cli.json(&["backup", src.to_str().unwrap()]);
@@ -98,9 +125,8 @@ fn incremental_reads_only_what_changed() {
     assert_eq!(cli.json(&["snapshots"]).as_array().unwrap().len(), 4);
 }
 
-#[test]
-fn restore_one_path_or_the_database_alone() {
-    let cli = Cli::init(Path::new(BIN));
+fn restore_one_path_or_the_database_alone(backend: Backend) {
+    let cli = Cli::init_on(Path::new(BIN), backend);
     let src = cli.path("media");
     write_tree(&src, 5, 12, 50_000);
     let db = cli.path("app.db");
@@ -142,9 +168,8 @@ fn restore_one_path_or_the_database_alone() {
 
 /// A writer keeps committing while the backup runs: the restored database is
 /// one consistent point in time (every batch whole), never a torn copy.
-#[test]
-fn database_snapshot_is_consistent_under_concurrent_writes() {
-    let cli = Cli::init(Path::new(BIN));
+fn database_snapshot_is_consistent_under_concurrent_writes(backend: Backend) {
+    let cli = Cli::init_on(Path::new(BIN), backend);
     let db = cli.path("live.db");
     {
         let c = rusqlite::Connection::open(&db).unwrap();
@@ -215,9 +240,8 @@ fn database_snapshot_is_consistent_under_concurrent_writes() {
     assert!(rows > 0 && rows <= batches * 10);
 }
 
-#[test]
-fn recovery_key_forms_and_sources() {
-    let cli = Cli::init(Path::new(BIN));
+fn recovery_key_forms_and_sources(backend: Backend) {
+    let cli = Cli::init_on(Path::new(BIN), backend);
     assert_eq!(cli.key.len(), 79);
     assert_eq!(cli.key.split(' ').count(), 16);
     assert!(cli
@@ -256,17 +280,19 @@ fn recovery_key_forms_and_sources() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
     assert!(cli.run(&["snapshots"]).status.success());
 
-    // A directory that is not a repository.
+    // A location that is not a repository.
     let mut c = cli.command(&["snapshots"]);
-    c.env("COFFER_REPO", cli.path("nothing-here"));
+    c.env(
+        "COFFER_REPO",
+        backend.location(cli.dir.path(), "nothing-here"),
+    );
     let o = c.output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no Coffer repository"));
 }
 
-#[test]
-fn forget_keeps_policy_and_prune_frees_space() {
-    let cli = Cli::init(Path::new(BIN));
+fn forget_keeps_policy_and_prune_frees_space(backend: Backend) {
+    let cli = Cli::init_on(Path::new(BIN), backend);
     let src = cli.path("media");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..4 {
@@ -279,7 +305,7 @@ fn forget_keeps_policy_and_prune_frees_space() {
         .unwrap();
         cli.json(&["backup", src.to_str().unwrap()]);
     }
-    let size_before = dir_size(&cli.repo);
+    let size_before = cli.usage("").1;
     let dry = cli.json(&["forget", "--keep-last", "2", "--dry-run"]);
     assert_eq!(dry["forgotten"].as_array().unwrap().len(), 2);
     assert_eq!(cli.json(&["snapshots"]).as_array().unwrap().len(), 4);
@@ -288,7 +314,7 @@ fn forget_keeps_policy_and_prune_frees_space() {
     assert_eq!(r["forgotten"].as_array().unwrap().len(), 2);
     assert!(r["prune"]["packs_deleted"].as_u64().unwrap() >= 2, "{r}");
     assert_eq!(cli.json(&["snapshots"]).as_array().unwrap().len(), 2);
-    let size_after = dir_size(&cli.repo);
+    let size_after = cli.usage("").1;
     assert!(
         size_after + 5_000_000 < size_before,
         "{size_before} -> {size_after}"
@@ -304,21 +330,10 @@ fn forget_keeps_policy_and_prune_frees_space() {
     assert_eq!(cli.run(&["forget"]).status.code(), Some(2));
 }
 
-fn dir_size(p: &Path) -> u64 {
-    coffer_testkit::snapshot_tree(p)
-        .values()
-        .map(|e| match e {
-            coffer_testkit::Entry::File { size, .. } => *size,
-            _ => 0,
-        })
-        .sum()
-}
-
 /// A path that cannot be backed up (a FIFO) is a warning: the snapshot is
 /// saved without it, the exit code says so (1), and the rest restores.
-#[test]
-fn unreadable_paths_are_warnings_and_the_snapshot_is_saved() {
-    let cli = Cli::init(Path::new(BIN));
+fn unreadable_paths_are_warnings_and_the_snapshot_is_saved(backend: Backend) {
+    let cli = Cli::init_on(Path::new(BIN), backend);
     let src = cli.path("media");
     write_tree(&src, 21, 6, 10_000);
     let fifo = src.join("a-fifo");

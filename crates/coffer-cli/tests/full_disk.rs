@@ -48,7 +48,7 @@ fn full_disk_gives_a_clear_error_and_loses_nothing() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     cli.key = v["recovery_key"].as_str().unwrap().to_string();
-    cli.repo = repo.clone();
+    cli.repo = repo.to_str().unwrap().to_string();
 
     // A first backup that fits.
     let small = cli.path("small");

@@ -25,7 +25,7 @@ fn children_peak_rss_kib() -> i64 {
 /// Adds `CHUNKS` synthetic index entries (fake packs that are never read).
 fn grow_index(cli: &Cli) {
     let k = coffer_client::RecoveryKey::parse(&cli.key).unwrap();
-    let store = coffer_storage::open(cli.repo.to_str().unwrap()).unwrap();
+    let store = coffer_storage::open(&cli.repo).unwrap();
     let repo = Repository::open(store, &k, &cli.path("writer-cache")).unwrap();
     let mut n = 0u64;
     for _ in 0..CHUNKS / PER_INDEX {

@@ -5,6 +5,10 @@
 //! case says otherwise), and states the exit code and the words the error must
 //! contain.
 //!
+//! The kit runs on each backend (local directory, S3 on moto, WebDAV on
+//! WsgiDAV): the repository is copied and broken object by object through a
+//! `BlobStore` opened on the same location as the binary's.
+//!
 //! Every restore is also checked to have written nothing unauthenticated:
 //! each restored file equals, byte for byte, what a clean restore of the
 //! intact repository writes, or is absent; no `.coffer-partial` file is left.
@@ -17,14 +21,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use coffer_crypto::{BackupKey, RecoveryKey, RepoKeys};
 use coffer_repo::format::config::{encode_config, peek_config};
 use coffer_repo::format::pack::pack_name;
 use coffer_repo::format::types::{BlobKind, IndexPack};
 use coffer_repo::Id;
-use coffer_testkit::{db_dump, make_chat_db, snapshot_tree, write_tree, Cli, Entry};
+use coffer_storage::BlobStore;
+use coffer_testkit::{
+    backend_tests, db_dump, make_chat_db, snapshot_tree, write_tree, Backend, Cli, Entry,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffer");
 
@@ -37,7 +45,8 @@ const FAKE_ID: &str = "ababababababababababababababababababababababababababababa
 
 /// What one repository holds, learnt through the library with the key.
 struct Layout {
-    repo: PathBuf,
+    /// The repository's objects.
+    store: Arc<dyn BlobStore>,
     /// Snapshots, oldest first.
     snaps: Vec<Id>,
     /// The index file each backup wrote, in backup order.
@@ -48,14 +57,33 @@ struct Layout {
     trees: Vec<IndexPack>,
 }
 
+/// One object of a repository, to break.
+struct Obj<'a> {
+    store: &'a dyn BlobStore,
+    name: String,
+}
+
+impl Obj<'_> {
+    fn get(&self) -> Vec<u8> {
+        self.store
+            .get(&self.name)
+            .unwrap_or_else(|e| panic!("get {}: {e}", self.name))
+    }
+
+    fn put(&self, data: &[u8]) {
+        self.store
+            .put(&self.name, data)
+            .unwrap_or_else(|e| panic!("put {}: {e}", self.name));
+    }
+}
+
 impl Layout {
-    fn read(repo: &Path, key: &str, scratch: &Path) -> Self {
-        let k = RecoveryKey::parse(key).unwrap();
-        let coffer =
-            coffer_client::Coffer::open_with_cache(repo.to_str().unwrap(), &k, scratch).unwrap();
+    fn read(cli: &Cli, scratch: &Path) -> Self {
+        let k = RecoveryKey::parse(&cli.key).unwrap();
+        let coffer = coffer_client::Coffer::open_with_cache(&cli.repo, &k, scratch).unwrap();
         let r = coffer.repository();
         let mut out = Layout {
-            repo: repo.to_path_buf(),
+            store: cli.store().clone(),
             snaps: Vec::new(),
             index: Vec::new(),
             data: Vec::new(),
@@ -83,8 +111,22 @@ impl Layout {
         out
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.repo.join(name)
+    /// The same objects in another store (a copy of the repository).
+    fn in_store(&self, store: Arc<dyn BlobStore>) -> Self {
+        Layout {
+            store,
+            snaps: self.snaps.clone(),
+            index: self.index.clone(),
+            data: self.data.clone(),
+            trees: self.trees.clone(),
+        }
+    }
+
+    fn path(&self, name: &str) -> Obj<'_> {
+        Obj {
+            store: self.store.as_ref(),
+            name: name.to_string(),
+        }
     }
 }
 
@@ -118,8 +160,8 @@ fn backup(cli: &Cli, db: &Path, src: &Path) {
 }
 
 impl Fixture {
-    fn build() -> Self {
-        let cli = Cli::init(Path::new(BIN));
+    fn build(backend: Backend) -> Self {
+        let cli = Cli::init_on(Path::new(BIN), backend);
         let src = cli.path("src");
         let db = cli.path("chat.db");
         write_tree(&src, 7, 24, 48 << 10);
@@ -135,7 +177,7 @@ impl Fixture {
         std::fs::write(src.join("a/added.txt"), b"written between the two backups").unwrap();
         make_chat_db(&db, 300, 2);
         backup(&cli, &db, &src);
-        let main = Layout::read(&cli.repo, &cli.key, &cli.path("layout-cache"));
+        let main = Layout::read(&cli, &cli.path("layout-cache"));
 
         // The clean restore every damaged restore is held against.
         let clean = cli.path("baseline");
@@ -153,35 +195,29 @@ impl Fixture {
         coffer_testkit::assert_same_tree(&src, &Cli::restored(&clean, &src));
         assert_eq!(db_dump(&db), db_dump(&Cli::restored(&clean, &db)));
 
-        let foreign_cli = Cli::init(Path::new(BIN));
+        let foreign_cli = Cli::init_on(Path::new(BIN), backend);
         let fsrc = foreign_cli.path("src");
         write_tree(&fsrc, 8, 4, 4 << 10);
         let fdb = foreign_cli.path("chat.db");
         make_chat_db(&fdb, 10, 3);
         backup(&foreign_cli, &fdb, &fsrc);
-        let foreign = Layout::read(&foreign_cli.repo, &foreign_cli.key, &foreign_cli.path("lc"));
+        let foreign = Layout::read(&foreign_cli, &foreign_cli.path("lc"));
 
         // The twin: a config written with the same K and a fresh repository id.
-        let twin_dir = tempfile::tempdir().unwrap();
-        let twin_cli = Cli {
-            bin: PathBuf::from(BIN),
-            repo: twin_dir.path().join("repo"),
-            dir: twin_dir,
-            key: cli.key.clone(),
-        };
+        let mut twin_cli = Cli::new_on(Path::new(BIN), backend);
+        twin_cli.key = cli.key.clone();
         let k = RecoveryKey::parse(&cli.key).unwrap();
-        let mut body = peek_config(&std::fs::read(cli.repo.join("config")).unwrap()).unwrap();
+        let mut body = peek_config(&cli.get("config")).unwrap();
         body.repo_id = coffer_crypto::random_bytes().unwrap();
         let keys = RepoKeys::derive(&k, &body.repo_id);
         body.key_check = keys.key_check();
-        std::fs::create_dir_all(&twin_cli.repo).unwrap();
-        std::fs::write(twin_cli.repo.join("config"), encode_config(&keys, &body)).unwrap();
+        twin_cli.put("config", &encode_config(&keys, &body));
         let tsrc = twin_cli.path("src");
         write_tree(&tsrc, 10, 4, 4 << 10);
         let tdb = twin_cli.path("chat.db");
         make_chat_db(&tdb, 10, 4);
         backup(&twin_cli, &tdb, &tsrc);
-        let twin = Layout::read(&twin_cli.repo, &twin_cli.key, &twin_cli.path("lc"));
+        let twin = Layout::read(&twin_cli, &twin_cli.path("lc"));
 
         Fixture {
             cli,
@@ -235,37 +271,34 @@ impl Fixture {
     }
 }
 
-// ---- mutations -------------------------------------------------------------
+// ---- mutations (through the store: the same on every backend) -------------
 
-fn flip(path: &Path, at: i64, mask: u8) {
-    let mut b = std::fs::read(path).unwrap();
+fn flip(o: &Obj, at: i64, mask: u8) {
+    let mut b = o.get();
     let i = if at < 0 { b.len() as i64 + at } else { at } as usize;
     b[i] ^= mask;
-    std::fs::write(path, b).unwrap();
+    o.put(&b);
 }
 
-fn truncate(path: &Path, len: usize) {
-    let b = std::fs::read(path).unwrap();
-    std::fs::write(path, &b[..len.min(b.len())]).unwrap();
+fn truncate(o: &Obj, len: usize) {
+    let b = o.get();
+    o.put(&b[..len.min(b.len())]);
 }
 
-fn swap(a: &Path, b: &Path) {
-    let tmp = a.with_extension("swap");
-    std::fs::rename(a, &tmp).unwrap();
-    std::fs::rename(b, a).unwrap();
-    std::fs::rename(&tmp, b).unwrap();
+fn swap(a: &Obj, b: &Obj) {
+    let (x, y) = (a.get(), b.get());
+    a.put(&y);
+    b.put(&x);
 }
 
-fn copy_into(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(from, to).unwrap();
+fn copy_into(from: &Obj, to: &Obj) {
+    to.put(&from.get());
 }
 
-/// Puts `from`'s bytes, zero-padded or cut to `to`'s length, in place of `to`.
-fn substitute(from: &Path, to: &Path) {
-    let mut b = std::fs::read(from).unwrap();
-    b.resize(std::fs::metadata(to).unwrap().len() as usize, 0);
-    std::fs::write(to, b).unwrap();
+fn remove(o: &Obj) {
+    o.store
+        .delete(&o.name)
+        .unwrap_or_else(|e| panic!("delete {}: {e}", o.name));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -281,6 +314,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Puts `from`'s bytes, zero-padded or cut to `to`'s length, in place of `to`.
+fn substitute(from: &Obj, to: &Obj) {
+    let mut b = from.get();
+    b.resize(to.get().len(), 0);
+    to.put(&b);
+}
+
 /// The middle byte of the largest blob of a pack (for the first data pack:
 /// a chunk of `big.bin`, which the latest snapshot still uses).
 fn mid_blob(p: &IndexPack) -> i64 {
@@ -288,15 +328,15 @@ fn mid_blob(p: &IndexPack) -> i64 {
     i64::from(b.offset) + i64::from(b.length) / 2
 }
 
-fn pack_path(l: &Layout, p: &IndexPack) -> PathBuf {
+fn pack_path<'a>(l: &'a Layout, p: &IndexPack) -> Obj<'a> {
     l.path(&pack_name(&p.id))
 }
 
-fn index_path(l: &Layout, i: usize) -> PathBuf {
+fn index_path(l: &Layout, i: usize) -> Obj<'_> {
     l.path(&format!("index/{}", l.index[i].to_hex()))
 }
 
-fn snap_path(l: &Layout, i: usize) -> PathBuf {
+fn snap_path(l: &Layout, i: usize) -> Obj<'_> {
     l.path(&format!("snapshots/{}", l.snaps[i].to_hex()))
 }
 
@@ -439,7 +479,7 @@ fn cases() -> Vec<Case> {
         // Gone: exit 1, there is no repository here (and how to make one).
         case(
             "config: deleted",
-            |_, m| std::fs::remove_file(m.path("config")).unwrap(),
+            |_, m| remove(&m.path("config")),
             SNAPSHOTS,
         )
         .exit(1, &["no Coffer repository", "coffer init"]),
@@ -517,13 +557,13 @@ fn cases() -> Vec<Case> {
         // Gone: exit 4, names it, not found.
         case(
             "data pack: deleted",
-            |_, m| std::fs::remove_file(pack_path(m, &m.data[0])).unwrap(),
+            |_, m| remove(&pack_path(m, &m.data[0])),
             RESTORE,
         )
         .exit(4, &["{data1}", "not found"]),
         case(
             "data pack: deleted (verify)",
-            |_, m| std::fs::remove_file(pack_path(m, &m.data[0])).unwrap(),
+            |_, m| remove(&pack_path(m, &m.data[0])),
             VERIFY,
         )
         .exit(4, &["{data1}", "missing"]),
@@ -615,13 +655,13 @@ fn cases() -> Vec<Case> {
         // snapshot's index_ids catch it by name, exit 4.
         case(
             "index file: deleted (rolled back)",
-            |_, m| std::fs::remove_file(index_path(m, 1)).unwrap(),
+            |_, m| remove(&index_path(m, 1)),
             RESTORE,
         )
         .exit(4, &["{snap_new_short}", "{index_new}", "rolled back"]),
         case(
             "index file: deleted (rolled back, verify)",
-            |_, m| std::fs::remove_file(index_path(m, 1)).unwrap(),
+            |_, m| remove(&index_path(m, 1)),
             VERIFY,
         )
         .exit(4, &["{snap_new_short}", "{index_new}", "rolled back"]),
@@ -629,11 +669,7 @@ fn cases() -> Vec<Case> {
         // the associated data, so it fails authentication by name, exit 4.
         case(
             "index file: older one restored in place of the newer",
-            |_, m| {
-                std::fs::copy(index_path(m, 0), index_path(m, 1))
-                    .map(drop)
-                    .unwrap()
-            },
+            |_, m| copy_into(&index_path(m, 0), &index_path(m, 1)),
             RESTORE,
         )
         .exit(4, &["{index_new}", AUTH]),
@@ -774,34 +810,22 @@ fn check_restore(fx: &Fixture, target: &Path) -> Result<(usize, usize), String> 
 }
 
 fn run_case(fx: &Fixture, c: &Case) -> (Observed, Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    copy_dir(&fx.cli.repo, &repo);
+    // A copy of the intact repository, on the same backend.
+    let mut cli = Cli::new_on(Path::new(BIN), fx.cli.backend);
+    fx.cli.copy_objects_to(&cli);
     if c.cache == Cache::Warm {
-        copy_dir(&fx.cli.path("cache"), &dir.path().join("cache"));
+        copy_dir(&fx.cli.path("cache"), &cli.path("cache"));
     }
-    let layout = Layout {
-        repo: repo.clone(),
-        snaps: fx.main.snaps.clone(),
-        index: fx.main.index.clone(),
-        data: fx.main.data.clone(),
-        trees: fx.main.trees.clone(),
-    };
+    let layout = fx.main.in_store(cli.store().clone());
     (c.mutate)(fx, &layout);
-    let key = match c.key {
+    cli.key = match c.key {
         Key::Own => fx.cli.key.clone(),
         Key::Other => RecoveryKey::from_backup_key(&BackupKey::from_bytes([0x5a; 32]))
             .expose_secret()
             .to_string(),
         Key::Raw(s) => s.to_string(),
     };
-    let target = dir.path().join("restore");
-    let cli = Cli {
-        bin: PathBuf::from(BIN),
-        dir,
-        repo,
-        key,
-    };
+    let target = cli.path("restore");
     let args: Vec<String> = c.args.iter().map(|a| fx.subst(a, &target)).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = cli.run(&args);
@@ -865,9 +889,10 @@ fn run_case(fx: &Fixture, c: &Case) -> (Observed, Option<String>) {
     )
 }
 
-#[test]
-fn negative_kit() {
-    let fx = Fixture::build();
+backend_tests!(negative_kit);
+
+fn negative_kit(backend: Backend) {
+    let fx = Fixture::build(backend);
     let mut table = String::new();
     let mut failures = Vec::new();
     let cases = cases();
@@ -884,6 +909,6 @@ fn negative_kit() {
         );
         failures.extend(failure);
     }
-    eprintln!("{} cases\n{table}", cases.len());
+    eprintln!("{} cases on {}\n{table}", cases.len(), backend.name());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

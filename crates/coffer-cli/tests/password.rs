@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use coffer_testkit::{
-    assert_same_tree, db_dump, make_chat_db, snapshot_tree, write_tree, Cli, Entry,
+    assert_same_tree, db_dump, make_chat_db, snapshot_tree, write_tree, Backend, Cli, Entry,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffer");
@@ -138,15 +138,8 @@ struct User {
 
 impl User {
     fn new(vault: &Vault, name: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
         Self {
-            cli: Cli {
-                bin: PathBuf::from(BIN),
-                dir,
-                repo,
-                key: String::new(),
-            },
+            cli: Cli::new_on(Path::new(BIN), Backend::Local),
             realm: vault.realm(),
             token: vault.token(name),
         }
@@ -209,13 +202,13 @@ impl User {
 
     /// Every file of the repository, `config` aside.
     fn data_files(&self) -> BTreeMap<Vec<u8>, Entry> {
-        let mut t = snapshot_tree(&self.cli.repo);
+        let mut t = snapshot_tree(self.cli.local_repo());
         assert!(t.remove(b"config".as_slice()).is_some());
         t
     }
 
     fn config(&self) -> Vec<u8> {
-        std::fs::read(self.cli.repo.join("config")).unwrap()
+        std::fs::read(self.cli.local_repo().join("config")).unwrap()
     }
 }
 
@@ -239,7 +232,7 @@ fn password_mode_from_init_to_recovery_key() {
     let mut c = alice.command("device", Some("pw"), &["init", "--vault", realm]);
     c.env_remove("COFFER_VAULT_TOKEN");
     assert_fails(&c.output().unwrap(), 2, "COFFER_VAULT_TOKEN");
-    assert!(!alice.cli.repo.exists());
+    assert!(!alice.cli.local_repo().exists());
 
     let repo_id = alice.init("correct horse");
     // The device caches K: 0600 in a 0700 directory.
@@ -343,7 +336,7 @@ fn password_mode_from_init_to_recovery_key() {
     alice.ok("tablet", Some("correct horse"), &["snapshots"]);
 
     // Change the password: the same K, nothing in the repository written.
-    let before = snapshot_tree(&alice.cli.repo);
+    let before = snapshot_tree(alice.cli.local_repo());
     let config = alice.config();
     let mut c = alice.command(
         "device",
@@ -354,7 +347,7 @@ fn password_mode_from_init_to_recovery_key() {
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout_json(&o)["password_changed"], true);
-    assert_eq!(snapshot_tree(&alice.cli.repo), before);
+    assert_eq!(snapshot_tree(alice.cli.local_repo()), before);
     assert_eq!(alice.config(), config);
     // On a new device the old password fails and the new one works.
     assert_fails(

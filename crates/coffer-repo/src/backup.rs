@@ -648,11 +648,19 @@ pub fn backup(
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let time_ns = now_ns();
+    // A repository made elsewhere may have packs too large for this store.
+    crate::repo::check_pack_size(repo.store.as_ref(), repo.config.pack_size)?;
     // Register first, then read the index: a concurrent prune either sees
     // this session or this session sees its condemnation record.
     let session = Session::start(repo, &opts.hostname)?;
     let result = run(repo, sources, opts, progress, started, time_ns, &session);
-    session.end(repo);
+    match &result {
+        // The storage just failed after all its retries: removing the session
+        // would retry as long again. Left behind, it is dead as soon as this
+        // process exits, and a later prune removes it.
+        Err(RepoError::Storage(e)) if e.is_transient() => {}
+        _ => session.end(repo),
+    }
     result
 }
 
@@ -827,9 +835,12 @@ fn run(
             });
             drop(stop_tx);
             let _ = heartbeat.join();
-            let (tree, id) = walked?;
-            packed?;
+            // Downstream first: a failed upload (storage down) stops the
+            // packer, which stops the compressors, which stops the walk; the
+            // storage error, not "the uploader stopped", is what to report.
             let uploaded = uploaded?;
+            packed?;
+            let (tree, id) = walked?;
             if let Some(e) = first_err {
                 return Err(RepoError::Internal(e));
             }

@@ -37,6 +37,18 @@ pub enum RepoError {
         /// The location given.
         location: String,
     },
+    /// The pack size would make packs larger than the store accepts in one upload.
+    #[error("pack size {pack_size} is too large for {location}: a pack can reach {worst} bytes, and it takes at most {max} bytes in one upload")]
+    PackSize {
+        /// The store's location.
+        location: String,
+        /// The target pack size.
+        pack_size: u32,
+        /// The largest pack that target allows.
+        worst: u64,
+        /// The store's limit.
+        max: u64,
+    },
     /// The repository was written by a newer format this build cannot read.
     #[error("{object} uses format version {found}; this build reads version {supported} (upgrade coffer)")]
     UnsupportedVersion {

@@ -12,6 +12,13 @@
 //!    ended and it is still unreferenced. With no backup running, both phases
 //!    happen in the same run. Index files are rewritten first, then packs
 //!    deleted: a crash at any point leaves a repository that verifies.
+//!
+//! Where listings may lag behind writes ([`Repository::listing_grace`] not
+//! zero: the consumer drives), a record is acted on only once it is older
+//! than the grace, and then every session live at that moment holds it, not
+//! only those it names (one registered just before the record was written
+//! may not have been listed); phase 2 never happens in the run of phase 1.
+//! No conditional write is needed either way (ADR 0004).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -204,10 +211,19 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
     let mut ripe: HashSet<Id> = HashSet::new();
     let mut already: HashSet<Id> = HashSet::new();
     let records = repo.condemned_records()?;
+    let grace = repo.listing_grace();
+    let started_ns = now_ns();
+    let settled = |r: &Condemned| {
+        if grace.is_zero() {
+            r.live_sessions.iter().all(|s| !live.contains(s))
+        } else {
+            started_ns.saturating_sub(r.time_ns) >= grace.as_nanos() as i64 && live.is_empty()
+        }
+    };
     for (_, r) in &records {
         already.extend(r.packs.iter().copied());
         let still_unused = r.packs.iter().copied().filter(|p| unused.contains_key(p));
-        if r.live_sessions.iter().all(|s| !live.contains(s)) {
+        if settled(r) {
             ripe.extend(still_unused);
         } else {
             summary.packs_waiting += still_unused.count() as u64;
@@ -240,7 +256,7 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
             rec.live_sessions.extend(extra);
             repo.write_object(Kind::Condemned, "condemned/", &rid, encode(&rec))?;
         }
-        if rec.live_sessions.is_empty() {
+        if rec.live_sessions.is_empty() && grace.is_zero() {
             ripe.extend(fresh.iter().copied());
         } else {
             summary.packs_waiting += fresh.len() as u64;

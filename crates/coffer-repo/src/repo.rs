@@ -3,15 +3,20 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use coffer_crypto::{BackupKey, RepoKeys};
-use coffer_storage::{BlobStore, PutOutcome, StorageError};
+use coffer_crypto::{BackupKey, RepoKeys, TAG_LEN};
+use coffer_storage::{
+    probe_conditional_writes, BlobStore, ConditionalWrites, CreateMode, PutOutcome, StorageError,
+};
 
 use crate::cache::{Cache, Located};
 use crate::chunker::{Chunker, DB_PARAMS, FILE_PARAMS};
 use crate::format::config::{encode_config, open_config, ConfigBody, KeyMode, CONFIG_NAME};
-use crate::format::pack::{open_blob, pack_name};
-use crate::format::types::{decode, encode, BlobKind, Condemned, IndexFile, Snapshot, Tree};
+use crate::format::pack::{open_blob, pack_name, FULL_PACK_GRANULE, MAX_TRAILER};
+use crate::format::types::{
+    decode, encode, BlobKind, BlobLocation, Condemned, IndexFile, Snapshot, Tree,
+};
 use crate::format::{object, Kind};
 use crate::id::Id;
 use crate::{RepoError, Result};
@@ -21,6 +26,97 @@ use crate::{RepoError, Result};
 pub const DEFAULT_PACK_SIZE: u32 = 16 << 20;
 /// Default zstd level.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// How long `init` waits, on a store whose create-if-absent is a check then
+/// a write (WebDAV, the consumer drives), before reading the config back: a
+/// concurrent `init` that checked before ours landed has written by then.
+pub const CHECK_THEN_WRITE_SETTLE: Duration = Duration::from_secs(1);
+
+/// The listing grace of stores whose listings may lag behind writes (the
+/// consumer drives: Google Drive, OneDrive, Dropbox). See
+/// [`Repository::listing_grace`] and ADR 0004.
+pub const LAGGING_LISTING_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// The listing grace [`Repository::open`] gives a store: [`LAGGING_LISTING_GRACE`]
+/// for the consumer drives, whose listings are eventually consistent; zero
+/// for local disks, S3, GCS, Azure and WebDAV, whose listings show every
+/// completed write.
+pub fn default_listing_grace(store: &dyn BlobStore) -> Duration {
+    let location = store.location();
+    if ["gdrive://", "onedrive://", "dropbox://"]
+        .iter()
+        .any(|s| location.starts_with(s))
+    {
+        LAGGING_LISTING_GRACE
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// The largest pack, in bytes, the engine can write with a target pack size
+/// of `pack_size`, whatever the data: the packer closes a pack once it
+/// reaches the target, so a pack holds less than the target, plus one last
+/// blob (at most one 8 MiB file chunk — stored compressed only when smaller —
+/// and its AEAD tag), plus the trailer (a bounded list of blob entries: every
+/// stored blob takes at least its 16-byte tag and one byte), plus the
+/// full-pack padding (under 4 KiB). Tree blobs are assumed no larger than a
+/// file chunk (a directory of some 100,000 entries would be larger).
+pub fn max_pack_bytes(pack_size: u32) -> u64 {
+    /// An upper bound of one postcard-encoded trailer entry (id, kind, four
+    /// varints, compression).
+    const ENTRY_MAX: u64 = 32 + 1 + 4 * 5 + 1;
+    let body = u64::from(pack_size) + u64::from(FILE_PARAMS.max) + TAG_LEN as u64;
+    let blobs = body / (TAG_LEN as u64 + 1) + 1;
+    let trailer = (4 + blobs * ENTRY_MAX + TAG_LEN as u64 + 4).min(u64::from(MAX_TRAILER));
+    body + trailer + FULL_PACK_GRANULE
+}
+
+/// The longest span of a pack that restore and verify read with one request
+/// (blobs back to back; a single longer blob is read alone). Fewer requests
+/// matter on object stores and drives (latency and per-request cost), and a
+/// bounded span keeps memory at a few MiB per worker.
+pub const MAX_READ_SPAN: u64 = 8 << 20;
+
+/// The largest gap between two blobs that one request reads through (the
+/// bytes in between are read and dropped: cheaper than another request).
+pub const MAX_READ_GAP: u64 = 256 << 10;
+
+/// Splits blobs of one pack, given as `(offset, length)` in the order they
+/// are wanted, into runs read with one request each: every blob starts at or
+/// after the end of the one before, at most [`MAX_READ_GAP`] later, and a run
+/// spans at most [`MAX_READ_SPAN`] (a longer blob is a run of its own).
+pub fn contiguous_runs(blobs: &[(u64, u64)]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=blobs.len() {
+        let split = i == blobs.len() || {
+            let (first, _) = blobs[start];
+            let end = blobs[i - 1].0 + blobs[i - 1].1;
+            let (next, next_len) = blobs[i];
+            next < end || next - end > MAX_READ_GAP || next + next_len - first > MAX_READ_SPAN
+        };
+        if split {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    runs
+}
+
+/// Refuses a pack size whose largest pack `store` could not take in one upload.
+pub(crate) fn check_pack_size(store: &dyn BlobStore, pack_size: u32) -> Result<()> {
+    let worst = max_pack_bytes(pack_size);
+    let max = store.max_object_size();
+    if pack_size == 0 || worst > max {
+        return Err(RepoError::PackSize {
+            location: store.location(),
+            pack_size,
+            worst,
+            max,
+        });
+    }
+    Ok(())
+}
 
 /// Options of `init`.
 #[derive(Debug, Clone)]
@@ -66,7 +162,16 @@ pub(crate) fn now_ns() -> i64 {
 }
 
 /// Creates a repository; fails if one exists.
+///
+/// Refuses a pack size whose largest pack ([`max_pack_bytes`]) exceeds what
+/// the store takes in one upload. On a store whose create-if-absent is a
+/// check then a write ([`CreateMode::CheckThenWrite`]), two concurrent
+/// `init`s can both be told `Created`: the config is read back after
+/// [`CHECK_THEN_WRITE_SETTLE`], and the `init` whose bytes are not there
+/// fails with [`RepoError::AlreadyExists`] (the other one won). Two `init`s
+/// further apart than the settle time are told apart by the check itself.
 pub fn init(store: &dyn BlobStore, k: &BackupKey, opts: &InitOptions) -> Result<[u8; 16]> {
+    check_pack_size(store, opts.pack_size)?;
     let repo_id: [u8; 16] = coffer_crypto::random_bytes()?;
     let keys = RepoKeys::derive(k, &repo_id);
     let body = ConfigBody {
@@ -79,10 +184,43 @@ pub fn init(store: &dyn BlobStore, k: &BackupKey, opts: &InitOptions) -> Result<
         zstd_level: opts.zstd_level,
         key_check: keys.key_check(),
     };
-    match store.put_if_absent(CONFIG_NAME, &encode_config(&keys, &body))? {
-        PutOutcome::Created => Ok(repo_id),
-        PutOutcome::AlreadyExists => Err(RepoError::AlreadyExists {
-            location: store.location(),
+    let config = encode_config(&keys, &body);
+    let already = || RepoError::AlreadyExists {
+        location: store.location(),
+    };
+    match store.put_if_absent(CONFIG_NAME, &config)? {
+        PutOutcome::Created => {}
+        PutOutcome::AlreadyExists => return Err(already()),
+    }
+    if store.create_mode() == CreateMode::CheckThenWrite {
+        std::thread::sleep(CHECK_THEN_WRITE_SETTLE);
+        if store.get(CONFIG_NAME)? != config {
+            tracing::warn!(
+                "another `init` created a repository at {} at the same time; its config won",
+                store.location()
+            );
+            return Err(already());
+        }
+    }
+    Ok(repo_id)
+}
+
+/// Probes conditional writes for [`Repository::open`]. Write access is not
+/// needed to open a repository (restoring with read-only credentials, from a
+/// read-only or full disk, from a server that rejects conditional headers),
+/// so a probe that cannot write means "not enforced"; only a storage outage
+/// (a transient error, already retried) fails the open.
+fn probe(store: &dyn BlobStore) -> Result<ConditionalWrites> {
+    match probe_conditional_writes(store) {
+        Ok(c) => Ok(c),
+        Err(e) if e.is_transient() => Err(e.into()),
+        Err(e) => Ok(ConditionalWrites::NotEnforced {
+            reason: match e {
+                StorageError::PermissionDenied { .. } => {
+                    format!("the probe may not write (read-only credentials?): {e}")
+                }
+                e => format!("the probe could not write: {e}"),
+            },
         }),
     }
 }
@@ -114,10 +252,14 @@ pub struct Repository {
     pub(crate) config: ConfigBody,
     pub(crate) cache: Cache,
     pub(crate) condemned: HashSet<Id>,
+    conditional_writes: ConditionalWrites,
+    listing_grace: Duration,
 }
 
 impl Repository {
-    /// Opens the repository with `K`, and brings the local cache up to date.
+    /// Opens the repository with `K`, probes whether the store enforces
+    /// conditional writes (see [`Repository::conditional_writes`]), and
+    /// brings the local cache up to date.
     pub fn open(store: Arc<dyn BlobStore>, k: &BackupKey, cache_root: &Path) -> Result<Self> {
         let bytes = match store.get(CONFIG_NAME) {
             Ok(b) => b,
@@ -129,13 +271,23 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let (config, keys) = open_config(&bytes, k, &store.location())?;
+        // After the config: nothing is written where there is no repository.
+        let conditional_writes = probe(store.as_ref())?;
+        if let ConditionalWrites::NotEnforced { reason } = &conditional_writes {
+            tracing::info!(
+                "conditional writes not enforced ({reason}); prune uses its two-phase scheme"
+            );
+        }
         let cache = Cache::open(&cache_root.join(hex::encode(config.repo_id)))?;
+        let listing_grace = default_listing_grace(store.as_ref());
         let mut repo = Self {
             store,
             keys,
             config,
             cache,
             condemned: HashSet::new(),
+            conditional_writes,
+            listing_grace,
         };
         repo.refresh()?;
         Ok(repo)
@@ -154,6 +306,31 @@ impl Repository {
     /// The storage.
     pub fn store(&self) -> &Arc<dyn BlobStore> {
         &self.store
+    }
+
+    /// Whether the store enforces conditional creates, as probed when the
+    /// repository was opened (a random `probe/` object written twice; a
+    /// store's own claim is never trusted). Nothing depends on it being
+    /// enforced: prune is two-phase (ADR 0004), and `init` reads its config
+    /// back where creates are check-then-write.
+    pub fn conditional_writes(&self) -> &ConditionalWrites {
+        &self.conditional_writes
+    }
+
+    /// How far behind writes the store's listings may be, as prune assumes
+    /// (ADR 0004, "Listings that lag"): zero where a listing shows every
+    /// completed write. Where it is not zero, a condemnation record is
+    /// acted on only once it is this old, every session then live holds it
+    /// (not only those it names), and a backup's session stays visible for
+    /// this long after the backup ends.
+    pub fn listing_grace(&self) -> Duration {
+        self.listing_grace
+    }
+
+    /// Overrides [`Repository::listing_grace`] (set from the store's kind by
+    /// [`Repository::open`]; see [`default_listing_grace`]).
+    pub fn set_listing_grace(&mut self, grace: Duration) {
+        self.listing_grace = grace;
     }
 
     /// The local cache.
@@ -292,15 +469,27 @@ impl Repository {
     pub fn check_snapshot_index(&self, id: &Id, snap: &Snapshot) -> Result<()> {
         let present = self.cache.index_ids()?;
         for ix in &snap.index_ids {
-            if !present.contains(ix) && !self.cache.is_superseded(ix)? {
-                return Err(RepoError::integrity(
-                    format!("snapshot {}", id.short()),
-                    format!(
-                        "its index file index/{} is missing and no index supersedes it: the index was rolled back or deleted",
-                        ix.to_hex()
-                    ),
-                ));
+            if present.contains(ix) || self.cache.is_superseded(ix)? {
+                continue;
             }
+            // Not listed: perhaps only not listed *yet* (a consumer drive's
+            // listing lags behind its writes). A read by name is consistent.
+            match self.read_index(ix) {
+                Ok(index) => {
+                    tracing::info!("index/{} was not listed yet; read by name", ix.to_hex());
+                    self.cache.add_index(ix, &index)?;
+                    continue;
+                }
+                Err(RepoError::Storage(StorageError::NotFound { .. })) => {}
+                Err(e) => return Err(e),
+            }
+            return Err(RepoError::integrity(
+                format!("snapshot {}", id.short()),
+                format!(
+                    "its index file index/{} is missing and no index supersedes it: the index was rolled back or deleted",
+                    ix.to_hex()
+                ),
+            ));
         }
         Ok(())
     }
@@ -330,6 +519,35 @@ impl Repository {
                 .get_range(&name, u64::from(l.offset), u64::from(l.length))?
         };
         open_blob(&self.keys, &located.pack, l, data)
+    }
+
+    /// Reads blobs of one pack, in increasing offsets and close together,
+    /// with a single ranged request, then authenticates, decompresses and
+    /// checks each (as [`Repository::read_blob`] does one by one). Callers
+    /// form the runs with [`contiguous_runs`].
+    pub fn read_blob_run(&self, pack: &Id, locs: &[BlobLocation]) -> Result<Vec<Vec<u8>>> {
+        let (Some(first), Some(last)) = (locs.first(), locs.last()) else {
+            return Ok(Vec::new());
+        };
+        let start = u64::from(first.offset);
+        let end = u64::from(last.offset) + u64::from(last.length);
+        let data = self
+            .store
+            .get_range(&pack_name(pack), start, end.saturating_sub(start))?;
+        let mut out = Vec::with_capacity(locs.len());
+        for l in locs {
+            let from = (u64::from(l.offset) - start) as usize;
+            let to = from + l.length as usize;
+            let blob = data.get(from..to).ok_or_else(|| {
+                RepoError::Internal(format!(
+                    "blob {} is not inside the range read from {}",
+                    l.id.short(),
+                    pack_name(pack)
+                ))
+            })?;
+            out.push(open_blob(&self.keys, pack, l, blob.to_vec())?);
+        }
+        Ok(out)
     }
 
     /// Tree packs are cached whole on the device: listing and incremental
@@ -395,5 +613,43 @@ impl Repository {
 
     pub(crate) fn keys(&self) -> &RepoKeys {
         &self.keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_back_to_back_and_bounded() {
+        let mib = 1 << 20;
+        // Three back to back, a small gap, two more, backwards, a big gap.
+        let blobs = [
+            (6, 100),
+            (106, 50),
+            (156, 10),
+            (1000, 5),
+            (1005, 5),
+            (6, 100),
+            (106 + MAX_READ_GAP + 1, 1),
+        ];
+        assert_eq!(contiguous_runs(&blobs), vec![0..5, 5..6, 6..7]);
+        // The span is bounded; a blob larger than the bound is alone.
+        let big = [
+            (0, 3 * mib),
+            (3 * mib, 3 * mib),
+            (6 * mib, 3 * mib),
+            (9 * mib, 9 * mib),
+            (18 * mib, 1),
+        ];
+        assert_eq!(contiguous_runs(&big), vec![0..2, 2..3, 3..4, 4..5]);
+        assert!(contiguous_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_default_pack_size_fits_every_backend() {
+        // Dropbox's 150 MB single-upload limit is the smallest.
+        assert!(max_pack_bytes(DEFAULT_PACK_SIZE) < 100_000_000);
+        assert!(max_pack_bytes(DEFAULT_PACK_SIZE) > u64::from(DEFAULT_PACK_SIZE) + (8 << 20));
     }
 }

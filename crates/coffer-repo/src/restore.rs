@@ -9,7 +9,10 @@
 //! symlinks and queues chunks; `workers` threads each take any queued chunk,
 //! read and authenticate it, and write it at its offset (`pwrite`), so both
 //! cores share the kernel's page-cache copies. The worker that finishes a
-//! file's last chunk renames it into place.
+//! file's last chunk renames it into place. A file's chunks that lie close
+//! together in one pack are one job, read with one ranged request (up to
+//! [`crate::repo::MAX_READ_SPAN`]): object stores and drives charge latency
+//! (and money) per request, not per byte.
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -24,10 +27,10 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{bounded, Sender};
 
 use crate::cache::Located;
-use crate::format::types::{Node, NodeKind, Snapshot, Tree};
+use crate::format::types::{BlobKind, BlobLocation, Node, NodeKind, Snapshot, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repo::Repository;
+use crate::repo::{contiguous_runs, Repository};
 use crate::{RepoError, Result};
 
 /// What to restore.
@@ -66,11 +69,13 @@ struct FileJob {
     error: Mutex<Option<String>>,
 }
 
-/// One chunk to fetch, authenticate and write at `offset` of `file`.
+/// Chunks to fetch, authenticate and write at their offsets of `file`:
+/// one chunk, or a run of data chunks that lie back to back in one pack
+/// (read with one request).
 struct ChunkJob {
     file: Arc<FileJob>,
-    offset: u64,
-    located: Located,
+    /// (offset in the file, where the chunk is); same pack.
+    parts: Vec<(u64, Located)>,
 }
 
 #[derive(Default)]
@@ -120,12 +125,23 @@ fn chunk_worker(repo: &Repository, job: ChunkJob, shared: &Shared, progress: &Pr
         .unwrap_or_else(|p| p.into_inner())
         .is_some();
     if !failed {
-        let result = repo.read_blob(&job.located).and_then(|data| {
-            job.file
-                .file
-                .write_all_at(&data, job.offset)
-                .map(|()| data.len() as u64)
-                .map_err(|e| RepoError::local(&job.file.tmp, e))
+        let blobs = match job.parts.as_slice() {
+            [(_, one)] => repo.read_blob(one).map(|b| vec![b]),
+            parts => {
+                let locs: Vec<BlobLocation> = parts.iter().map(|(_, l)| l.loc.clone()).collect();
+                repo.read_blob_run(&parts[0].1.pack, &locs)
+            }
+        };
+        let result = blobs.and_then(|blobs| {
+            let mut n = 0;
+            for ((offset, _), data) in job.parts.iter().zip(blobs) {
+                job.file
+                    .file
+                    .write_all_at(&data, *offset)
+                    .map_err(|e| RepoError::local(&job.file.tmp, e))?;
+                n += data.len() as u64;
+            }
+            Ok(n)
         });
         match result {
             Ok(n) => {
@@ -325,6 +341,33 @@ impl Planner<'_, '_> {
                         format!("its chunks hold {offset} bytes, the tree says {size}"),
                     ));
                 }
+                // A file's data chunks that lie close together in one pack
+                // (as a backup writes them, give or take the order the
+                // compressors finish in) are read with one request.
+                located.sort_by_key(|(_, l)| (l.pack, l.loc.offset));
+                let mut runs: Vec<Vec<(u64, Located)>> = Vec::new();
+                let spans: Vec<(u64, u64)> = located
+                    .iter()
+                    .map(|(_, l)| (u64::from(l.loc.offset), u64::from(l.loc.length)))
+                    .collect();
+                let mut located = located.into_iter();
+                for run in contiguous_runs(&spans) {
+                    let mut current: Vec<(u64, Located)> = Vec::new();
+                    for part in located.by_ref().take(run.len()) {
+                        let joins = current.last().is_some_and(|(_, prev)| {
+                            prev.pack == part.1.pack
+                                && prev.loc.kind == BlobKind::Data
+                                && part.1.loc.kind == BlobKind::Data
+                        });
+                        if !joins && !current.is_empty() {
+                            runs.push(std::mem::take(&mut current));
+                        }
+                        current.push(part);
+                    }
+                    if !current.is_empty() {
+                        runs.push(current);
+                    }
+                }
                 let tmp = temp_name(dest);
                 let file = File::create(&tmp).map_err(|e| RepoError::local(&tmp, e))?;
                 let job = Arc::new(FileJob {
@@ -332,19 +375,18 @@ impl Planner<'_, '_> {
                     tmp,
                     file,
                     node: node.clone(),
-                    remaining: AtomicU64::new(located.len() as u64),
+                    remaining: AtomicU64::new(runs.len() as u64),
                     error: Mutex::new(None),
                 });
-                if located.is_empty() {
+                if runs.is_empty() {
                     self.shared.finish(&job, self.progress);
                     return Ok(());
                 }
-                for (offset, located) in located {
+                for parts in runs {
                     self.jobs
                         .send(ChunkJob {
                             file: job.clone(),
-                            offset,
-                            located,
+                            parts,
                         })
                         .map_err(|_| RepoError::Internal("the restore workers stopped".into()))?;
                 }

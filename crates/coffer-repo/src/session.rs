@@ -4,6 +4,12 @@
 //! Not an exclusive lock: backups never wait for each other or for a prune.
 //! A session is stale when its process is gone (same host) or when it has not
 //! been refreshed for [`STALE_AFTER`].
+//!
+//! On a store whose listings may lag ([`Repository::listing_grace`] not
+//! zero), a backup's end does not delete its session: it rewrites it as
+//! *ended* (pid 0, refreshed at the end), and an ended session counts as live
+//! for the grace period — long enough for the backup's snapshot to show in
+//! listings before prune stops honouring the session (ADR 0004).
 
 use std::time::Duration;
 
@@ -73,11 +79,28 @@ impl Session {
         }
     }
 
-    /// Removes the session (best effort: a leftover one goes stale).
+    /// Removes the session (best effort: a leftover one goes stale). Where
+    /// listings may lag, leaves it marked as ended instead (see the module docs).
     pub fn end(self, repo: &Repository) {
-        let _ = repo.store.delete(&format!("locks/{}", self.id.to_hex()));
+        let name = format!("locks/{}", self.id.to_hex());
+        if !repo.listing_grace().is_zero() {
+            let ended = SessionInfo {
+                pid: ENDED_PID,
+                pid_start: 0,
+                refreshed_ns: now_ns(),
+                ..self.info
+            };
+            match repo.write_object(Kind::Lock, "locks/", &self.id, encode(&ended)) {
+                Ok(_) => return,
+                Err(e) => tracing::warn!("could not mark the backup session as ended: {e}"),
+            }
+        }
+        let _ = repo.store.delete(&name);
     }
 }
+
+/// The pid of a session marked as ended (no process has pid 0).
+const ENDED_PID: u32 = 0;
 
 /// Sessions that are still running, by object name.
 pub fn live_sessions(repo: &Repository, hostname: &str) -> Result<Vec<String>> {
@@ -100,7 +123,7 @@ pub fn live_sessions(repo: &Repository, hostname: &str) -> Result<Vec<String>> {
             }
             Err(_) => continue,
         };
-        if is_live(&info, hostname) {
+        if is_live(&info, hostname, repo.listing_grace()) {
             out.push(name);
         }
     }
@@ -119,7 +142,7 @@ pub fn remove_dead_sessions(repo: &Repository, hostname: &str) -> Result<u64> {
         };
         let info = crate::format::object::open(repo.keys(), Kind::Lock, &id, &bytes, &name)
             .and_then(|p| decode::<SessionInfo>(&p, &name));
-        if matches!(info, Ok(ref i) if !is_live(i, hostname)) {
+        if matches!(info, Ok(ref i) if !is_live(i, hostname, repo.listing_grace())) {
             repo.store.delete(&name)?;
             removed += 1;
         }
@@ -127,8 +150,12 @@ pub fn remove_dead_sessions(repo: &Repository, hostname: &str) -> Result<u64> {
     Ok(removed)
 }
 
-fn is_live(info: &SessionInfo, hostname: &str) -> bool {
+fn is_live(info: &SessionInfo, hostname: &str, grace: Duration) -> bool {
     let age = now_ns().saturating_sub(info.refreshed_ns);
+    if info.pid == ENDED_PID {
+        // Ended: honoured while its snapshot may not be listed yet.
+        return age < grace.as_nanos() as i64;
+    }
     if age > STALE_AFTER.as_nanos() as i64 {
         return false;
     }

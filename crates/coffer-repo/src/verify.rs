@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use rand::seq::SliceRandom;
 
-use crate::format::pack::{open_blob, open_trailer, pack_name, trailer_span};
+use crate::format::pack::{open_trailer, pack_name, trailer_span};
 use crate::format::types::NodeKind;
 use crate::format::{check_header, Kind};
 use crate::id::Id;
@@ -33,6 +33,12 @@ pub struct VerifySummary {
     pub bytes_read: u64,
     /// Problems found; empty means the repository is sound.
     pub errors: Vec<String>,
+    /// Whether the storage enforces conditional creates, as probed when the
+    /// repository was opened (informational: prune does not rely on them).
+    pub conditional_writes: bool,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conditional_writes_reason: Option<String>,
 }
 
 /// Verifies the repository. `read_data_percent`: None = structure only,
@@ -43,6 +49,12 @@ pub fn verify(
     progress: &Progress,
 ) -> Result<VerifySummary> {
     let mut s = VerifySummary::default();
+    match repo.conditional_writes() {
+        coffer_storage::ConditionalWrites::Enforced => s.conditional_writes = true,
+        coffer_storage::ConditionalWrites::NotEnforced { reason } => {
+            s.conditional_writes_reason = Some(reason.clone());
+        }
+    }
     let listed: HashMap<String, u64> = repo
         .store()
         .list("data/")?
@@ -200,8 +212,9 @@ pub fn verify(
 }
 
 /// Reads one pack back and checks every blob against its trailer and the
-/// index. Ranged reads, one blob at a time: memory stays at one blob per
-/// worker instead of one pack.
+/// index. Ranged reads of back-to-back blobs up to
+/// [`crate::repo::MAX_READ_SPAN`] at a time: a few requests per pack, and
+/// memory of one span per worker instead of one pack.
 fn check_pack(repo: &Repository, id: &Id, size: u64) -> Result<()> {
     let name = pack_name(id);
     let store = repo.store();
@@ -227,9 +240,12 @@ fn check_pack(repo: &Repository, id: &Id, size: u64) -> Result<()> {
             ));
         }
     }
-    for b in &trailer {
-        let data = store.get_range(&name, u64::from(b.offset), u64::from(b.length))?;
-        open_blob(repo.keys(), id, b, data)?;
+    let spans: Vec<(u64, u64)> = trailer
+        .iter()
+        .map(|b| (u64::from(b.offset), u64::from(b.length)))
+        .collect();
+    for run in crate::repo::contiguous_runs(&spans) {
+        repo.read_blob_run(id, &trailer[run])?;
     }
     Ok(())
 }

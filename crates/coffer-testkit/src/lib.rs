@@ -1,7 +1,13 @@
 //! Test helpers for Coffer: deterministic datasets (files with awkward names,
 //! modes, symlinks, empty directories; a chat-style SQLite database), a
 //! comparison of two trees down to bytes and metadata, and a driver that runs
-//! the real `coffer` binary.
+//! the real `coffer` binary against a repository on any [`Backend`]: a local
+//! directory, S3 (moto) or WebDAV (WsgiDAV).
+//!
+//! The engine's tests run once per backend: [`backend_tests!`] turns each
+//! `fn name(backend: Backend)` into `local::name`, `s3::name` and
+//! `webdav::name`. The remote variants need the local servers of
+//! `scripts/storage-servers.sh` and fail (never skip) without them.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -10,6 +16,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use coffer_storage::{BlobStore, ObjectInfo};
 
 use rand::{Rng, SeedableRng};
 
@@ -239,34 +249,173 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     }
 }
 
-/// A scratch area with a repository and a driver for the real binary.
+/// Where a test's repository lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A directory (the `LocalStore`).
+    Local,
+    /// S3 on the local moto server: `s3://coffer-test/coffer-tests/<unique>`.
+    S3,
+    /// WebDAV on the local WsgiDAV server: `webdav://127.0.0.1:<port>/coffer-tests/<unique>`.
+    WebDav,
+}
+
+/// The variable that names each remote backend's base URL.
+const S3_VAR: &str = "COFFER_TEST_S3_URL";
+const WEBDAV_VAR: &str = "COFFER_TEST_WEBDAV_URL";
+
+/// A variable the storage servers' script exports; a test that needs one
+/// fails (never skips) when it is missing, and says how to set it.
+pub fn server_env(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{var} is not set: this test needs the local S3 (moto) and WebDAV (WsgiDAV) servers. \
+             Start them with `eval \"$(bash scripts/storage-servers.sh start)\"` (or, if they \
+             already run, `eval \"$(bash scripts/storage-servers.sh env)\"`) in the shell that \
+             runs cargo test; scripts/test.sh does it"
+        ),
+    }
+}
+
+impl Backend {
+    /// Every backend, local first.
+    pub const ALL: [Backend; 3] = [Backend::Local, Backend::S3, Backend::WebDav];
+
+    /// `local`, `s3` or `webdav`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::S3 => "s3",
+            Backend::WebDav => "webdav",
+        }
+    }
+
+    /// Whether the repository is behind a server.
+    pub fn is_remote(self) -> bool {
+        self != Backend::Local
+    }
+
+    /// `local` when local, else `remote` (for counts scaled down remotely).
+    pub fn pick<T>(self, local: T, remote: T) -> T {
+        if self.is_remote() {
+            remote
+        } else {
+            local
+        }
+    }
+
+    /// A repository location no other test uses: `dir/<name>` locally, a
+    /// fresh prefix under the server's base URL remotely (named after the
+    /// running test, with a unique suffix).
+    pub fn location(self, dir: &Path, name: &str) -> String {
+        let base = match self {
+            Backend::Local => return dir.join(name).to_str().unwrap().to_string(),
+            Backend::S3 => server_env(S3_VAR),
+            Backend::WebDav => server_env(WEBDAV_VAR),
+        };
+        format!("{}/{}", base.trim_end_matches('/'), unique_name(name))
+    }
+}
+
+/// `<test name>-<name>-<pid>-<nanoseconds>-<counter>`, in URL-safe characters.
+fn unique_name(name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let test: String = std::thread::current()
+        .name()
+        .unwrap_or("test")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{test}-{name}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs each `fn name(backend: Backend)` of the calling test file once per
+/// backend, as `local::name`, `s3::name` and `webdav::name`:
+///
+/// ```ignore
+/// coffer_testkit::backend_tests!(backup_and_restore, incremental);
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $( #[test] fn $name() { super::$name($crate::Backend::Local) } )*
+        }
+        mod s3 {
+            $( #[test] fn $name() { super::$name($crate::Backend::S3) } )*
+        }
+        mod webdav {
+            $( #[test] fn $name() { super::$name($crate::Backend::WebDav) } )*
+        }
+    };
+}
+
+/// A scratch area with a repository (on any backend) and a driver for the
+/// real binary. Remote repositories are deleted when it is dropped.
 pub struct Cli {
     pub bin: PathBuf,
     pub dir: tempfile::TempDir,
-    pub repo: PathBuf,
+    /// The repository location as `--repo` takes it: a path or a URL.
+    pub repo: String,
+    pub backend: Backend,
     pub key: String,
+    store: OnceLock<Arc<dyn BlobStore>>,
 }
 
 impl Cli {
-    /// Creates a repository with `coffer init --json` and keeps its key.
+    /// Creates a local repository with `coffer init --json` and keeps its key.
     pub fn init(bin: &Path) -> Self {
+        Self::init_on(bin, Backend::Local)
+    }
+
+    /// Creates a repository on `backend` and keeps its key.
+    pub fn init_on(bin: &Path, backend: Backend) -> Self {
+        let mut cli = Self::new_on(bin, backend);
+        cli.init_repo();
+        cli
+    }
+
+    /// Creates a repository at `location` (a path or URL of `backend`).
+    pub fn init_at(bin: &Path, backend: Backend, location: &str) -> Self {
+        let mut cli = Self::new_on(bin, backend);
+        cli.repo = location.to_string();
+        cli.init_repo();
+        cli
+    }
+
+    /// A scratch area and a fresh, empty location on `backend`; no key.
+    pub fn new_on(bin: &Path, backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        let mut cli = Self {
+        let repo = backend.location(dir.path(), "repo");
+        Self {
             bin: bin.to_path_buf(),
             dir,
             repo,
+            backend,
             key: String::new(),
-        };
-        let out = cli.run(&["init", "--json"]);
+            store: OnceLock::new(),
+        }
+    }
+
+    fn init_repo(&mut self) {
+        let out = self.run(&["init", "--json"]);
         assert!(
             out.status.success(),
-            "init failed: {}",
+            "init at {} failed: {}",
+            self.repo,
             String::from_utf8_lossy(&out.stderr)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        cli.key = v["recovery_key"].as_str().unwrap().to_string();
-        cli
+        self.key = v["recovery_key"].as_str().unwrap().to_string();
     }
 
     /// The command with repository, key and an isolated cache set.
@@ -294,7 +443,8 @@ impl Cli {
         let out = self.run(&a);
         assert!(
             out.status.success(),
-            "coffer {args:?} failed ({:?}): {}",
+            "coffer {args:?} on {} failed ({:?}): {}",
+            self.backend.name(),
             out.status.code(),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -309,5 +459,121 @@ impl Cli {
     /// Where the restore of absolute path `original` lands under `target`.
     pub fn restored(target: &Path, original: &Path) -> PathBuf {
         target.join(original.strip_prefix("/").unwrap())
+    }
+
+    /// The repository's directory; only for a local repository.
+    pub fn local_repo(&self) -> &Path {
+        assert_eq!(
+            self.backend,
+            Backend::Local,
+            "local_repo() of a {} repository",
+            self.backend.name()
+        );
+        Path::new(&self.repo)
+    }
+
+    /// The repository's store, opened on the same location as the binary
+    /// uses (to look at objects and to tamper with them).
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        self.store
+            .get_or_init(|| coffer_storage::open(&self.repo).unwrap())
+    }
+
+    /// The objects under `prefix`, sorted by name.
+    pub fn objects(&self, prefix: &str) -> Vec<ObjectInfo> {
+        self.store().list(prefix).unwrap()
+    }
+
+    /// The names of the objects under `prefix`, sorted.
+    pub fn names(&self, prefix: &str) -> Vec<String> {
+        self.objects(prefix).into_iter().map(|o| o.name).collect()
+    }
+
+    /// (objects, bytes) under `prefix`.
+    pub fn usage(&self, prefix: &str) -> (u64, u64) {
+        let o = self.objects(prefix);
+        (o.len() as u64, o.iter().map(|o| o.size).sum())
+    }
+
+    /// One object's bytes.
+    pub fn get(&self, name: &str) -> Vec<u8> {
+        self.store()
+            .get(name)
+            .unwrap_or_else(|e| panic!("get {name}: {e}"))
+    }
+
+    /// Writes (or replaces) one object.
+    pub fn put(&self, name: &str, data: &[u8]) {
+        self.store()
+            .put(name, data)
+            .unwrap_or_else(|e| panic!("put {name}: {e}"));
+    }
+
+    /// Deletes one object.
+    pub fn delete(&self, name: &str) {
+        self.store()
+            .delete(name)
+            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    }
+
+    /// Copies every object of this repository into `other`'s location.
+    pub fn copy_objects_to(&self, other: &Cli) {
+        for o in self.objects("") {
+            other.put(&o.name, &self.get(&o.name));
+        }
+    }
+
+    /// A copy of the repository (at a fresh location of the same backend)
+    /// and of the local cache, driven with the same key.
+    pub fn copy(&self) -> Cli {
+        let mut other = Cli::new_on(&self.bin, self.backend);
+        other.key = self.key.clone();
+        self.copy_objects_to(&other);
+        let cache = self.path("cache");
+        if cache.exists() {
+            let st = Command::new("cp")
+                .arg("-a")
+                .arg(&cache)
+                .arg(other.path("cache"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "cp -a cache");
+        }
+        other
+    }
+}
+
+impl Drop for Cli {
+    /// A remote repository is deleted (moto keeps everything in memory).
+    fn drop(&mut self) {
+        if !self.backend.is_remote() {
+            return;
+        }
+        // Few retries: a test that failed with its server down must not hang here.
+        let Ok(location) = coffer_storage::Location::parse(&self.repo) else {
+            return;
+        };
+        let Ok(cloud) = coffer_storage::CloudStore::open(
+            &location,
+            coffer_storage::CloudOptions {
+                request_timeout: std::time::Duration::from_secs(10),
+                ..Default::default()
+            },
+        ) else {
+            return;
+        };
+        let store = coffer_storage::RetryStore::new(
+            cloud,
+            coffer_storage::RetryPolicy {
+                max_attempts: 2,
+                ..Default::default()
+            },
+        );
+        if let Ok(objects) = store.list("") {
+            for o in objects {
+                let _ = store.delete(&o.name);
+            }
+        }
+        let _ = store.remove_stale_temporaries(std::time::Duration::ZERO);
     }
 }
