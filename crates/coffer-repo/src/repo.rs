@@ -72,33 +72,40 @@ pub fn max_pack_bytes(pack_size: u32) -> u64 {
 }
 
 /// The longest span of a pack that restore and verify read with one request
-/// (blobs back to back; a single longer blob is read alone). Fewer requests
-/// matter on object stores and drives (latency and per-request cost), and a
-/// bounded span keeps memory at a few MiB per worker.
-pub const MAX_READ_SPAN: u64 = 8 << 20;
+/// (a single longer blob is read alone): a typical pack is one or two
+/// requests. Fewer requests matter on object stores and drives (latency and
+/// per-request cost), and a bounded span bounds memory per worker.
+pub const MAX_READ_SPAN: u64 = 16 << 20;
 
 /// The largest gap between two blobs that one request reads through (the
 /// bytes in between are read and dropped: cheaper than another request).
-pub const MAX_READ_GAP: u64 = 256 << 10;
+pub const MAX_READ_GAP: u64 = 1 << 20;
 
-/// Splits blobs of one pack, given as `(offset, length)` in the order they
-/// are wanted, into runs read with one request each: every blob starts at or
-/// after the end of the one before, at most [`MAX_READ_GAP`] later, and a run
-/// spans at most [`MAX_READ_SPAN`] (a longer blob is a run of its own).
+/// Splits blobs of one pack, given as `(offset, length)` sorted by offset,
+/// into runs read with one request each: a blob starts at most
+/// [`MAX_READ_GAP`] after the end of those before it (the same blob twice is
+/// fine), never before the one before it, and a run spans at most
+/// [`MAX_READ_SPAN`] (a longer blob is a run of its own).
 pub fn contiguous_runs(blobs: &[(u64, u64)]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
-    for i in 1..=blobs.len() {
-        let split = i == blobs.len() || {
-            let (first, _) = blobs[start];
-            let end = blobs[i - 1].0 + blobs[i - 1].1;
-            let (next, next_len) = blobs[i];
-            next < end || next - end > MAX_READ_GAP || next + next_len - first > MAX_READ_SPAN
-        };
-        if split {
-            runs.push(start..i);
-            start = i;
+    let mut end = 0;
+    for (i, &(off, len)) in blobs.iter().enumerate() {
+        if i > start {
+            let first = blobs[start].0;
+            let split = off < blobs[i - 1].0
+                || off > end + MAX_READ_GAP
+                || (off + len).max(end) - first > MAX_READ_SPAN;
+            if split {
+                runs.push(start..i);
+                start = i;
+                end = 0;
+            }
         }
+        end = end.max(off + len);
+    }
+    if start < blobs.len() {
+        runs.push(start..blobs.len());
     }
     runs
 }
@@ -523,31 +530,45 @@ impl Repository {
 
     /// Reads blobs of one pack, in increasing offsets and close together,
     /// with a single ranged request, then authenticates, decompresses and
-    /// checks each (as [`Repository::read_blob`] does one by one). Callers
+    /// checks each (as [`Repository::read_blob`] does one by one) and hands
+    /// it to `each` with its index in `locs`, one at a time (memory: the
+    /// range and one blob). The error returned is the request's; each blob
+    /// has its own result, so one damaged blob fails only itself. Callers
     /// form the runs with [`contiguous_runs`].
-    pub fn read_blob_run(&self, pack: &Id, locs: &[BlobLocation]) -> Result<Vec<Vec<u8>>> {
-        let (Some(first), Some(last)) = (locs.first(), locs.last()) else {
-            return Ok(Vec::new());
+    pub fn read_blob_run(
+        &self,
+        pack: &Id,
+        locs: &[BlobLocation],
+        mut each: impl FnMut(usize, Result<Vec<u8>>),
+    ) -> Result<()> {
+        let Some(first) = locs.first() else {
+            return Ok(());
         };
         let start = u64::from(first.offset);
-        let end = u64::from(last.offset) + u64::from(last.length);
+        let end = locs
+            .iter()
+            .map(|l| u64::from(l.offset) + u64::from(l.length))
+            .max()
+            .unwrap_or(start);
         let data = self
             .store
             .get_range(&pack_name(pack), start, end.saturating_sub(start))?;
-        let mut out = Vec::with_capacity(locs.len());
-        for l in locs {
-            let from = (u64::from(l.offset) - start) as usize;
-            let to = from + l.length as usize;
-            let blob = data.get(from..to).ok_or_else(|| {
-                RepoError::Internal(format!(
-                    "blob {} is not inside the range read from {}",
-                    l.id.short(),
-                    pack_name(pack)
-                ))
-            })?;
-            out.push(open_blob(&self.keys, pack, l, blob.to_vec())?);
+        for (i, l) in locs.iter().enumerate() {
+            let from = u64::from(l.offset).checked_sub(start).map(|f| f as usize);
+            let blob = from.and_then(|f| data.get(f..f + l.length as usize));
+            each(
+                i,
+                match blob {
+                    Some(b) => open_blob(&self.keys, pack, l, b.to_vec()),
+                    None => Err(RepoError::Internal(format!(
+                        "blob {} is not inside the range read from {}",
+                        l.id.short(),
+                        pack_name(pack)
+                    ))),
+                },
+            );
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Tree packs are cached whole on the device: listing and incremental
@@ -621,26 +642,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_are_back_to_back_and_bounded() {
+    fn runs_are_close_together_and_bounded() {
         let mib = 1 << 20;
-        // Three back to back, a small gap, two more, backwards, a big gap.
+        // Back to back, a small gap, a repeat, then backwards, then a big gap.
         let blobs = [
             (6, 100),
             (106, 50),
             (156, 10),
             (1000, 5),
+            (1000, 5),
             (1005, 5),
             (6, 100),
             (106 + MAX_READ_GAP + 1, 1),
         ];
-        assert_eq!(contiguous_runs(&blobs), vec![0..5, 5..6, 6..7]);
+        assert_eq!(contiguous_runs(&blobs), vec![0..6, 6..7, 7..8]);
         // The span is bounded; a blob larger than the bound is alone.
         let big = [
-            (0, 3 * mib),
-            (3 * mib, 3 * mib),
-            (6 * mib, 3 * mib),
-            (9 * mib, 9 * mib),
-            (18 * mib, 1),
+            (0, 6 * mib),
+            (6 * mib, 6 * mib),
+            (12 * mib, 6 * mib),
+            (18 * mib, 17 * mib),
+            (35 * mib, 1),
         ];
         assert_eq!(contiguous_runs(&big), vec![0..2, 2..3, 3..4, 4..5]);
         assert!(contiguous_runs(&[]).is_empty());

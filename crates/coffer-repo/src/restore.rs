@@ -5,17 +5,20 @@
 //! only when all of its chunks checked out; a file with a bad chunk is
 //! removed and reported, and the restore as a whole fails.
 //!
-//! Threads: the calling thread walks the trees, creates directories and
-//! symlinks and queues chunks; `workers` threads each take any queued chunk,
-//! read and authenticate it, and write it at its offset (`pwrite`), so both
-//! cores share the kernel's page-cache copies. The worker that finishes a
-//! file's last chunk renames it into place. A file's chunks that lie close
-//! together in one pack are one job, read with one ranged request (up to
-//! [`crate::repo::MAX_READ_SPAN`]): object stores and drives charge latency
-//! (and money) per request, not per byte.
+//! Threads: the calling thread walks the trees, creates directories,
+//! symlinks and each file's temporary, and plans the chunks; `workers`
+//! threads each take a job, read and authenticate its chunks, and write each
+//! at its offset (`pwrite`), so both cores share the kernel's page-cache
+//! copies. The worker that writes a file's last chunk renames it into place.
+//!
+//! A job is a run of chunks close together in one pack, of any files: the
+//! planned chunks (up to [`PLAN_BATCH`] at a time) are sorted by pack and
+//! offset and cut with [`contiguous_runs`], so a pack is read with one or two
+//! ranged requests instead of one per chunk — object stores and drives charge
+//! latency (and money) per request, not per byte.
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::PermissionsExt;
@@ -27,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{bounded, Sender};
 
 use crate::cache::Located;
-use crate::format::types::{BlobKind, BlobLocation, Node, NodeKind, Snapshot, Tree};
+use crate::format::types::{BlobLocation, Node, NodeKind, Snapshot, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repo::{contiguous_runs, Repository};
@@ -59,23 +62,46 @@ pub struct RestoreSummary {
     pub failures: Vec<String>,
 }
 
+/// Chunks planned before they are grouped into jobs and sent: bounds the
+/// planner's memory on huge snapshots.
+pub const PLAN_BATCH: usize = 1 << 16;
+
 /// A file being restored: its chunks may complete in any order.
 struct FileJob {
     path: PathBuf,
     tmp: PathBuf,
-    file: File,
     node: Node,
     remaining: AtomicU64,
     error: Mutex<Option<String>>,
 }
 
-/// Chunks to fetch, authenticate and write at their offsets of `file`:
-/// one chunk, or a run of data chunks that lie back to back in one pack
-/// (read with one request).
-struct ChunkJob {
+impl FileJob {
+    fn fail(&self, e: &RepoError) {
+        self.error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e.to_string());
+    }
+
+    fn failed(&self) -> bool {
+        self.error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+}
+
+/// One chunk of one file.
+struct Part {
     file: Arc<FileJob>,
-    /// (offset in the file, where the chunk is); same pack.
-    parts: Vec<(u64, Located)>,
+    /// Where it goes in the file.
+    offset: u64,
+    located: Located,
+}
+
+/// Chunks close together in one pack, read with one request.
+struct ChunkJob {
+    parts: Vec<Part>,
 }
 
 #[derive(Default)]
@@ -118,48 +144,95 @@ impl Shared {
 }
 
 fn chunk_worker(repo: &Repository, job: ChunkJob, shared: &Shared, progress: &Progress) {
-    let failed = job
-        .file
-        .error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_some();
-    if !failed {
-        let blobs = match job.parts.as_slice() {
-            [(_, one)] => repo.read_blob(one).map(|b| vec![b]),
-            parts => {
-                let locs: Vec<BlobLocation> = parts.iter().map(|(_, l)| l.loc.clone()).collect();
-                repo.read_blob_run(&parts[0].1.pack, &locs)
+    let parts = job.parts;
+    if parts.iter().any(|p| !p.file.failed()) {
+        let pack = &parts[0].located.pack;
+        let locs: Vec<BlobLocation> = parts.iter().map(|p| p.located.loc.clone()).collect();
+        // One open file at a time: consecutive parts are often of one file.
+        let mut open: Option<(Arc<FileJob>, File)> = None;
+        let mut write = |part: &Part, blob: Result<Vec<u8>>| {
+            if part.file.failed() {
+                return;
+            }
+            let written = blob.and_then(|data| {
+                if open
+                    .as_ref()
+                    .is_none_or(|(f, _)| !Arc::ptr_eq(f, &part.file))
+                {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&part.file.tmp)
+                        .map_err(|e| RepoError::local(&part.file.tmp, e))?;
+                    open = Some((part.file.clone(), f));
+                }
+                let Some((_, f)) = open.as_ref() else {
+                    return Err(RepoError::Internal("no open file".into()));
+                };
+                f.write_all_at(&data, part.offset)
+                    .map_err(|e| RepoError::local(&part.file.tmp, e))?;
+                Ok(data.len() as u64)
+            });
+            match written {
+                Ok(n) => {
+                    shared.summary().bytes += n;
+                    Progress::add(&progress.bytes, n);
+                }
+                Err(e) => part.file.fail(&e),
             }
         };
-        let result = blobs.and_then(|blobs| {
-            let mut n = 0;
-            for ((offset, _), data) in job.parts.iter().zip(blobs) {
-                job.file
-                    .file
-                    .write_all_at(&data, *offset)
-                    .map_err(|e| RepoError::local(&job.file.tmp, e))?;
-                n += data.len() as u64;
-            }
-            Ok(n)
+        let mut done = vec![false; parts.len()];
+        let whole = repo.read_blob_run(pack, &locs, |i, blob| {
+            done[i] = true;
+            write(&parts[i], blob);
         });
-        match result {
-            Ok(n) => {
-                shared.summary().bytes += n;
-                Progress::add(&progress.bytes, n);
-            }
-            Err(e) => {
-                job.file
-                    .error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e.to_string());
+        if let Err(e) = whole {
+            // The range failed as a whole (a truncated pack, say): chunk by
+            // chunk, so that files whose chunks are intact are still restored.
+            for (i, part) in parts.iter().enumerate().filter(|(i, _)| !done[*i]) {
+                let one = std::slice::from_ref(&locs[i]);
+                if parts.len() == 1 {
+                    part.file.fail(&e);
+                } else if let Err(e) = repo.read_blob_run(pack, one, |_, blob| write(part, blob)) {
+                    part.file.fail(&e);
+                }
             }
         }
     }
-    if job.file.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-        shared.finish(&job.file, progress);
+    for part in &parts {
+        if part.file.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            shared.finish(&part.file, progress);
+        }
     }
+}
+
+/// Groups planned chunks into jobs (runs close together in one pack) and
+/// queues them.
+fn send_jobs(mut parts: Vec<Part>, jobs: &Sender<ChunkJob>) -> Result<()> {
+    parts.sort_by_key(|p| (p.located.pack, p.located.loc.offset));
+    let mut parts = parts.into_iter().peekable();
+    while let Some(first) = parts.next() {
+        let pack = first.located.pack;
+        let mut same = vec![first];
+        while let Some(p) = parts.next_if(|p| p.located.pack == pack) {
+            same.push(p);
+        }
+        let spans: Vec<(u64, u64)> = same
+            .iter()
+            .map(|p| {
+                (
+                    u64::from(p.located.loc.offset),
+                    u64::from(p.located.loc.length),
+                )
+            })
+            .collect();
+        let mut same = same.into_iter();
+        for run in contiguous_runs(&spans) {
+            let parts: Vec<Part> = same.by_ref().take(run.len()).collect();
+            jobs.send(ChunkJob { parts })
+                .map_err(|_| RepoError::Internal("the restore workers stopped".into()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Restores a snapshot (or part of it) under `target`.
@@ -202,7 +275,10 @@ pub fn restore(
     let total: u64 = selected.iter().map(|(_, n)| size_of(repo, n)).sum();
     progress.total_bytes.store(total, Ordering::Relaxed);
 
-    let workers = opts.workers.max(1);
+    // Against a server a worker spends much of its time waiting for its
+    // request: twice as many keep the cores busy.
+    let remote = repo.store().location().contains("://");
+    let workers = opts.workers.max(1) * if remote { 2 } else { 1 };
     let shared = Shared::default();
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let planned = std::thread::scope(|scope| {
@@ -220,19 +296,23 @@ pub fn restore(
         let mut planner = Planner {
             repo,
             jobs: tx,
+            planned: Vec::new(),
             shared: &shared,
             progress,
             dirs: &mut dirs,
         };
-        for (path, node) in selected {
+        let walked = selected.into_iter().try_for_each(|(path, node)| {
             let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
             let dest = target.join(rel);
             if let Some(parent) = dest.parent() {
                 fs::create_dir_all(parent).map_err(|e| RepoError::local(parent, e))?;
             }
-            planner.node(&dest, node)?;
-        }
-        Ok::<(), RepoError>(())
+            planner.node(&dest, node)
+        });
+        // Even after an error (an unreadable tree), the files already planned
+        // are finished: restored, or removed and reported.
+        let sent = send_jobs(std::mem::take(&mut planner.planned), &planner.jobs);
+        walked.and(sent)
         // The sender is dropped with the planner; the scope joins the workers.
     });
     // Directory times last, deepest first, once everything inside is written.
@@ -291,6 +371,8 @@ pub fn find_node(repo: &Repository, root: &Tree, p: &Path) -> Result<Node> {
 struct Planner<'a, 'd> {
     repo: &'a Repository,
     jobs: Sender<ChunkJob>,
+    /// Chunks not yet sent (see [`PLAN_BATCH`]).
+    planned: Vec<Part>,
     shared: &'a Shared,
     progress: &'a Progress,
     dirs: &'d mut Vec<(PathBuf, Node)>,
@@ -341,54 +423,28 @@ impl Planner<'_, '_> {
                         format!("its chunks hold {offset} bytes, the tree says {size}"),
                     ));
                 }
-                // A file's data chunks that lie close together in one pack
-                // (as a backup writes them, give or take the order the
-                // compressors finish in) are read with one request.
-                located.sort_by_key(|(_, l)| (l.pack, l.loc.offset));
-                let mut runs: Vec<Vec<(u64, Located)>> = Vec::new();
-                let spans: Vec<(u64, u64)> = located
-                    .iter()
-                    .map(|(_, l)| (u64::from(l.loc.offset), u64::from(l.loc.length)))
-                    .collect();
-                let mut located = located.into_iter();
-                for run in contiguous_runs(&spans) {
-                    let mut current: Vec<(u64, Located)> = Vec::new();
-                    for part in located.by_ref().take(run.len()) {
-                        let joins = current.last().is_some_and(|(_, prev)| {
-                            prev.pack == part.1.pack
-                                && prev.loc.kind == BlobKind::Data
-                                && part.1.loc.kind == BlobKind::Data
-                        });
-                        if !joins && !current.is_empty() {
-                            runs.push(std::mem::take(&mut current));
-                        }
-                        current.push(part);
-                    }
-                    if !current.is_empty() {
-                        runs.push(current);
-                    }
-                }
                 let tmp = temp_name(dest);
-                let file = File::create(&tmp).map_err(|e| RepoError::local(&tmp, e))?;
+                File::create(&tmp).map_err(|e| RepoError::local(&tmp, e))?;
                 let job = Arc::new(FileJob {
                     path: dest.to_path_buf(),
                     tmp,
-                    file,
                     node: node.clone(),
-                    remaining: AtomicU64::new(runs.len() as u64),
+                    remaining: AtomicU64::new(located.len() as u64),
                     error: Mutex::new(None),
                 });
-                if runs.is_empty() {
+                if located.is_empty() {
                     self.shared.finish(&job, self.progress);
                     return Ok(());
                 }
-                for parts in runs {
-                    self.jobs
-                        .send(ChunkJob {
-                            file: job.clone(),
-                            parts,
-                        })
-                        .map_err(|_| RepoError::Internal("the restore workers stopped".into()))?;
+                for (offset, located) in located {
+                    self.planned.push(Part {
+                        file: job.clone(),
+                        offset,
+                        located,
+                    });
+                }
+                if self.planned.len() >= PLAN_BATCH {
+                    send_jobs(std::mem::take(&mut self.planned), &self.jobs)?;
                 }
                 Ok(())
             }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use rand::seq::SliceRandom;
 
-use crate::format::pack::{open_trailer, pack_name, trailer_span};
+use crate::format::pack::{open_blob, open_trailer, pack_name, trailer_span};
 use crate::format::types::NodeKind;
 use crate::format::{check_header, Kind};
 use crate::id::Id;
@@ -211,22 +211,42 @@ pub fn verify(
     Ok(s)
 }
 
+/// Packs up to this size are read back whole, with one request; larger
+/// ones by ranges (memory: one such pack per worker).
+const WHOLE_PACK_READ: u64 = 32 << 20;
+
 /// Reads one pack back and checks every blob against its trailer and the
-/// index. Ranged reads of back-to-back blobs up to
-/// [`crate::repo::MAX_READ_SPAN`] at a time: a few requests per pack, and
-/// memory of one span per worker instead of one pack.
+/// index: a pack of up to [`WHOLE_PACK_READ`] bytes with one request (object
+/// stores and drives charge per request), a larger one by ranges (header,
+/// trailer, then runs of blobs up to [`crate::repo::MAX_READ_SPAN`]).
 fn check_pack(repo: &Repository, id: &Id, size: u64) -> Result<()> {
     let name = pack_name(id);
     let store = repo.store();
-    check_header(&store.get_range(&name, 0, 6)?, Kind::Pack, &name)?;
-    let last4 = store.get_range(&name, size.saturating_sub(4), 4.min(size))?;
+    let whole = if size <= WHOLE_PACK_READ {
+        Some(store.get(&name)?)
+    } else {
+        None
+    };
+    let size = whole.as_ref().map_or(size, |w| w.len() as u64);
+    let read = |offset: u64, len: u64| -> Result<Vec<u8>> {
+        match &whole {
+            Some(w) => offset
+                .checked_add(len)
+                .and_then(|end| w.get(offset as usize..end as usize))
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| {
+                    RepoError::integrity(
+                        &name,
+                        format!("shorter than expected: bytes {offset}..+{len} asked for, it has {size}"),
+                    )
+                }),
+            None => Ok(store.get_range(&name, offset, len)?),
+        }
+    };
+    check_header(&read(0, 6.min(size))?, Kind::Pack, &name)?;
+    let last4 = read(size.saturating_sub(4), 4.min(size))?;
     let span = trailer_span(id, size, &last4)?;
-    let trailer = open_trailer(
-        repo.keys(),
-        id,
-        size,
-        &store.get_range(&name, size - span, span)?,
-    )?;
+    let trailer = open_trailer(repo.keys(), id, size, &read(size - span, span)?)?;
     let indexed = repo.cache().blobs_of_pack(id)?;
     let in_trailer: HashSet<(Id, u32)> = trailer.iter().map(|b| (b.id, b.offset)).collect();
     for b in &indexed {
@@ -240,12 +260,31 @@ fn check_pack(repo: &Repository, id: &Id, size: u64) -> Result<()> {
             ));
         }
     }
+    if whole.is_some() {
+        for b in &trailer {
+            open_blob(
+                repo.keys(),
+                id,
+                b,
+                read(u64::from(b.offset), u64::from(b.length))?,
+            )?;
+        }
+        return Ok(());
+    }
     let spans: Vec<(u64, u64)> = trailer
         .iter()
         .map(|b| (u64::from(b.offset), u64::from(b.length)))
         .collect();
     for run in crate::repo::contiguous_runs(&spans) {
-        repo.read_blob_run(id, &trailer[run])?;
+        let mut first_err = None;
+        repo.read_blob_run(id, &trailer[run], |_, blob| {
+            if let Err(e) = blob {
+                first_err.get_or_insert(e);
+            }
+        })?;
+        if let Some(e) = first_err {
+            return Err(e);
+        }
     }
     Ok(())
 }
