@@ -621,6 +621,7 @@ impl<P: Platform> Core<P> {
                     max_attempts,
                     replace,
                     authenticated,
+                    salt,
                 },
                 Request::RegisterFinish {
                     upload,
@@ -628,7 +629,7 @@ impl<P: Platform> Core<P> {
                 },
             ) => self.register_finish(
                 &id,
-                max_attempts,
+                (max_attempts, salt),
                 replace || authenticated,
                 &upload[..],
                 wrapped_key,
@@ -676,14 +677,24 @@ impl<P: Platform> Core<P> {
         }
         let request = RegistrationRequest::<CofferSuite>::deserialize(request)
             .map_err(|_| ErrorCode::BadRequest)?;
-        let start = ServerRegistration::<CofferSuite>::start(&self.setup, request, &session.record)
-            .map_err(|_| ErrorCode::BadRequest)?;
+        // A fresh salt, so a fresh OPRF key: evaluating under the live
+        // record's key here, without spending an attempt, would be an
+        // oracle for offline guessing (record.rs).
+        let mut salt = [0u8; record::SALT_LEN];
+        self.platform.fill_random(&mut salt);
+        let start = ServerRegistration::<CofferSuite>::start(
+            &self.setup,
+            request,
+            &record::credential_identifier(&session.record, &salt),
+        )
+        .map_err(|_| ErrorCode::BadRequest)?;
         let mut response = [0u8; coffer_vault_proto::suite::sizes::REGISTRATION_RESPONSE];
         response.copy_from_slice(&start.message.serialize());
         session.phase = Phase::Registering {
             max_attempts,
             replace,
             authenticated,
+            salt,
         };
         Ok(Response::RegisterStarted { response })
     }
@@ -691,7 +702,7 @@ impl<P: Platform> Core<P> {
     fn register_finish(
         &mut self,
         id: &RecordId,
-        max_attempts: u8,
+        (max_attempts, salt): (u8, [u8; record::SALT_LEN]),
         may_replace: bool,
         upload: &[u8],
         wrapped_key: Vec<u8>,
@@ -712,6 +723,7 @@ impl<P: Platform> Core<P> {
             &Record::Live {
                 max_attempts,
                 attempts_left: max_attempts,
+                salt,
                 password_file,
                 wrapped_key,
             },
@@ -729,20 +741,23 @@ impl<P: Platform> Core<P> {
         let id = session.record;
         let ke1 = CredentialRequest::<CofferSuite>::deserialize(ke1)
             .map_err(|_| ErrorCode::BadRequest)?;
-        let (max_attempts, attempts_left, password_file, wrapped_key) = match self.load(bb, &id)? {
-            Some(Record::Live {
-                max_attempts,
-                attempts_left,
-                ref password_file,
-                ref wrapped_key,
-            }) => (
-                max_attempts,
-                attempts_left,
-                password_file.clone(),
-                wrapped_key.clone(),
-            ),
-            _ => return Err(ErrorCode::NotRegistered),
-        };
+        let (max_attempts, attempts_left, salt, password_file, wrapped_key) =
+            match self.load(bb, &id)? {
+                Some(Record::Live {
+                    max_attempts,
+                    attempts_left,
+                    salt,
+                    ref password_file,
+                    ref wrapped_key,
+                }) => (
+                    max_attempts,
+                    attempts_left,
+                    salt,
+                    password_file.clone(),
+                    wrapped_key.clone(),
+                ),
+                _ => return Err(ErrorCode::NotRegistered),
+            };
         if attempts_left == 0 {
             // The last attempt was spent and no correct KE3 followed: erase.
             self.store(bb, &id, &Record::Erased)?;
@@ -759,6 +774,7 @@ impl<P: Platform> Core<P> {
             &Record::Live {
                 max_attempts,
                 attempts_left: remaining,
+                salt,
                 password_file,
                 wrapped_key,
             },
@@ -772,7 +788,7 @@ impl<P: Platform> Core<P> {
             &self.setup,
             Some(file),
             ke1,
-            &id,
+            &record::credential_identifier(&id, &salt),
             params,
         )
         .map_err(|_| ErrorCode::BadRequest)?;
@@ -798,6 +814,7 @@ impl<P: Platform> Core<P> {
         let Some(Record::Live {
             max_attempts,
             attempts_left,
+            salt,
             password_file,
             wrapped_key,
         }) = record.clone()
@@ -819,6 +836,7 @@ impl<P: Platform> Core<P> {
                 &Record::Live {
                     max_attempts,
                     attempts_left: max_attempts,
+                    salt,
                     password_file,
                     wrapped_key: wrapped_key.clone(),
                 },

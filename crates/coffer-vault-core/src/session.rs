@@ -25,6 +25,8 @@ pub(crate) enum Phase {
         max_attempts: u8,
         replace: bool,
         authenticated: bool,
+        /// The new registration's salt (its OPRF key's identifier).
+        salt: [u8; crate::record::SALT_LEN],
     },
     /// KE2 sent (attempt spent); KE3 expected.
     LoginPending(Box<ServerLogin<CofferSuite>>),

@@ -295,6 +295,17 @@ impl TestClient {
         ch.receive(&reply).map_err(|e| e.to_string())
     }
 
+    /// Opens a session for `record` with `req` and returns the answer: for
+    /// tests that send messages a real client would not.
+    pub fn request(
+        &mut self,
+        vault: &mut MemRealm,
+        record: RecordId,
+        req: &coffer_vault_proto::Request,
+    ) -> Result<coffer_vault_proto::Response, String> {
+        Ok(self.open(vault, record, req)?.1)
+    }
+
     /// Registers `k` under `password`.
     pub fn register(
         &mut self,

@@ -140,6 +140,72 @@ fn registration_policy_and_replace() {
     );
 }
 
+/// A `RegisterStart` spends no attempt, so it must never evaluate the OPRF
+/// under the key a live record's logins use: with one KE2 in hand, such an
+/// evaluation per guess would test passwords offline, without limit. Each
+/// registration has its own salt in the credential identifier, so its OPRF
+/// key is new. Shown on the wire: the same blinded element evaluated by a
+/// replacing RegisterStart and by a LoginStart gives different elements.
+#[test]
+fn register_start_is_no_oprf_oracle_for_the_live_record() {
+    use coffer_vault_proto::{Request, Response};
+    let (mut v, mut c, rid) = setup();
+    c.register(&mut v, rid, b"correct horse", &K, 10, false)
+        .unwrap();
+    let (_login, ke1) = coffer_vault_proto::client::Login::start(&mut c.rng, b"guess").unwrap();
+    let Request::LoginStart { ke1 } = ke1 else {
+        panic!("Login::start did not make a LoginStart")
+    };
+    // KE1 = blinded element | nonce | key share: a RegistrationRequest is
+    // the blinded element alone.
+    let mut blinded = [0u8; 32];
+    blinded.copy_from_slice(&ke1[..32]);
+    let register_eval = |v: &mut MemRealm, c: &mut TestClient| {
+        let start = Request::RegisterStart {
+            replace: true,
+            max_attempts: 10,
+            request: blinded,
+        };
+        match c.request(v, rid, &start).unwrap() {
+            Response::RegisterStarted { response } => response[..32].to_vec(),
+            other => panic!("RegisterStart answered {other:?}"),
+        }
+    };
+    let first = register_eval(&mut v, &mut c);
+    let second = register_eval(&mut v, &mut c);
+    let login_eval = match c
+        .request(&mut v, rid, &Request::LoginStart { ke1 })
+        .unwrap()
+    {
+        Response::LoginStarted {
+            attempts_remaining,
+            ke2,
+        } => {
+            assert_eq!(attempts_remaining, 9);
+            ke2[..32].to_vec()
+        }
+        other => panic!("LoginStart answered {other:?}"),
+    };
+    assert_ne!(
+        first, login_eval,
+        "RegisterStart evaluated under the login OPRF key"
+    );
+    assert_ne!(first, second, "two registrations share an OPRF key");
+    // The abandoned registrations changed nothing: the password still works
+    // and only the login spent an attempt (now reset by the correct one).
+    assert_eq!(
+        c.login(&mut v, rid, b"correct horse").unwrap(),
+        Outcome::Ok(Some(K))
+    );
+    // And a completed replacement logs in under its own salt.
+    c.register(&mut v, rid, b"battery staple", &[7; 32], 10, true)
+        .unwrap();
+    assert_eq!(
+        c.login(&mut v, rid, b"battery staple").unwrap(),
+        Outcome::Ok(Some([7; 32]))
+    );
+}
+
 #[test]
 fn change_password_keeps_k_and_delete_erases() {
     let (mut v, mut c, rid) = setup();
