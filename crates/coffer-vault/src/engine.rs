@@ -141,17 +141,7 @@ fn run(
                 .store_commit_us
                 .fetch_add(store_us, Ordering::Relaxed);
         }
-        match core.commit() {
-            Ok(replies) => {
-                for (s, r) in senders.into_iter().zip(replies) {
-                    let _ = s.send(r);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "NVRAM write failed; the core refuses");
-                fail_all(senders, e);
-            }
-        }
+        let committed = core.commit();
         metrics.batches.fetch_add(1, Ordering::Relaxed);
         metrics.batch_frames.fetch_add(n, Ordering::Relaxed);
         metrics.core_us.fetch_add(
@@ -169,6 +159,19 @@ fn run(
         }
         if let Ok(mut r) = metrics.refusing.lock() {
             *r = core.refusing().map(str::to_string);
+        }
+        // Replies leave after the metrics are published, so a client that
+        // reads /metrics after its answer sees the batch that made it.
+        match committed {
+            Ok(replies) => {
+                for (s, r) in senders.into_iter().zip(replies) {
+                    let _ = s.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "NVRAM write failed; the core refuses");
+                fail_all(senders, e);
+            }
         }
     }
 }
