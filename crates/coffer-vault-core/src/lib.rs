@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod anchor;
+pub mod log;
 pub mod merkle;
 mod platform;
 mod record;
@@ -40,6 +41,7 @@ use opaque_ke::{
 };
 
 pub use anchor::Anchor;
+pub use log::{Ack, Certificate, CommitTracker, Entry, GroupSlot, NvramV2};
 pub use platform::{Platform, PlatformError};
 pub use record::SEALED_RECORD_LEN;
 pub use secrets::{RealmSecrets, SEALED_SETUP_LEN};

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use coffer_vault_proto::channel::ChannelKey;
 use coffer_vault_proto::CofferSuite;
 
+use crate::log::{AckKey, LogKey};
 use crate::CoreError;
 
 /// HKDF labels: one per purpose, versioned.
@@ -19,6 +20,8 @@ mod label {
     pub const RECORD_SEAL: &[u8] = b"coffer/v1/vault/record-seal";
     pub const SETUP_SEAL: &[u8] = b"coffer/v1/vault/setup-seal";
     pub const MARKER_MAC: &[u8] = b"coffer/v1/vault/marker-mac";
+    pub const LOG_MAC: &[u8] = b"coffer/v1/vault/log-mac";
+    pub const ACK_MAC: &[u8] = b"coffer/v1/vault/ack-mac";
 }
 
 /// Length of the sealed OPAQUE server setup.
@@ -48,6 +51,8 @@ pub struct RealmSecrets {
     record_seal: XChaCha20Poly1305,
     setup_seal: XChaCha20Poly1305,
     marker_mac: hmac::Key,
+    log_key: LogKey,
+    ack_key: AckKey,
 }
 
 impl std::fmt::Debug for RealmSecrets {
@@ -64,13 +69,27 @@ impl RealmSecrets {
         let rseal = derive(master, realm_id, label::RECORD_SEAL);
         let sseal = derive(master, realm_id, label::SETUP_SEAL);
         let mmac = derive(master, realm_id, label::MARKER_MAC);
+        let log_mac = derive(master, realm_id, label::LOG_MAC);
+        let ack_mac = derive(master, realm_id, label::ACK_MAC);
         Self {
             channel: ChannelKey::derive(&channel_ikm[..]),
             record_id: hmac::Key::new(hmac::HMAC_SHA256, &rid[..]),
             record_seal: XChaCha20Poly1305::new((&rseal[..]).into()),
             setup_seal: XChaCha20Poly1305::new((&sseal[..]).into()),
             marker_mac: hmac::Key::new(hmac::HMAC_SHA256, &mmac[..]),
+            log_key: LogKey::from_bytes(&log_mac),
+            ack_key: AckKey::from_bytes(&ack_mac),
         }
+    }
+
+    /// The replicated log's entry MAC key (ADR 0011).
+    pub fn log_key(&self) -> &LogKey {
+        &self.log_key
+    }
+
+    /// The replicated log's ack MAC key (ADR 0011).
+    pub fn ack_key(&self) -> &AckKey {
+        &self.ack_key
     }
 
     /// The channel public key clients pin.
