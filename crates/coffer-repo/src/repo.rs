@@ -1,5 +1,6 @@
 //! An open repository: storage, keys, config and the local cache.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use coffer_storage::{
 use crate::cache::{Cache, Located};
 use crate::chunker::{Chunker, DB_PARAMS, FILE_PARAMS};
 use crate::format::config::{encode_config, open_config, ConfigBody, KeyMode, CONFIG_NAME};
-use crate::format::pack::{open_blob, pack_name, FULL_PACK_GRANULE, MAX_TRAILER};
+use crate::format::pack::{
+    open_blob, open_blob_in_place, pack_name, FULL_PACK_GRANULE, MAX_TRAILER,
+};
 use crate::format::types::{
     decode, encode, BlobKind, BlobLocation, Condemned, IndexFile, Snapshot, Tree,
 };
@@ -87,6 +90,18 @@ pub const MAX_READ_GAP: u64 = 1 << 20;
 /// fine), never before the one before it, and a run spans at most
 /// [`MAX_READ_SPAN`] (a longer blob is a run of its own).
 pub fn contiguous_runs(blobs: &[(u64, u64)]) -> Vec<std::ops::Range<usize>> {
+    contiguous_runs_up_to(blobs, MAX_READ_SPAN)
+}
+
+/// The longest span restore reads with one request from a remote store: a
+/// whole pack of the default size (the 16 MiB target plus at most one 8 MiB
+/// chunk and the trailer) in one request. Object stores and drives charge
+/// per request, and a server may read a whole object to serve any range of
+/// it (moto does), so two requests for one pack can cost twice.
+pub const REMOTE_READ_SPAN: u64 = 32 << 20;
+
+/// [`contiguous_runs`] with `max_span` in place of [`MAX_READ_SPAN`].
+pub fn contiguous_runs_up_to(blobs: &[(u64, u64)], max_span: u64) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
     let mut end = 0;
@@ -95,7 +110,7 @@ pub fn contiguous_runs(blobs: &[(u64, u64)]) -> Vec<std::ops::Range<usize>> {
             let first = blobs[start].0;
             let split = off < blobs[i - 1].0
                 || off > end + MAX_READ_GAP
-                || (off + len).max(end) - first > MAX_READ_SPAN;
+                || (off + len).max(end) - first > max_span;
             if split {
                 runs.push(start..i);
                 start = i;
@@ -532,14 +547,15 @@ impl Repository {
     /// with a single ranged request, then authenticates, decompresses and
     /// checks each (as [`Repository::read_blob`] does one by one) and hands
     /// it to `each` with its index in `locs`, one at a time (memory: the
-    /// range and one blob). The error returned is the request's; each blob
-    /// has its own result, so one damaged blob fails only itself. Callers
-    /// form the runs with [`contiguous_runs`].
+    /// range and one blob). Each is decrypted where it lies in the range (no
+    /// copy of an uncompressed blob). The error returned is the request's;
+    /// each blob has its own result, so one damaged blob fails only itself.
+    /// Callers form the runs with [`contiguous_runs`].
     pub fn read_blob_run(
         &self,
         pack: &Id,
         locs: &[BlobLocation],
-        mut each: impl FnMut(usize, Result<Vec<u8>>),
+        mut each: impl FnMut(usize, Result<Cow<'_, [u8]>>),
     ) -> Result<()> {
         let Some(first) = locs.first() else {
             return Ok(());
@@ -550,23 +566,32 @@ impl Repository {
             .map(|l| u64::from(l.offset) + u64::from(l.length))
             .max()
             .unwrap_or(start);
-        let data = self
+        let mut data = self
             .store
             .get_range(&pack_name(pack), start, end.saturating_sub(start))?;
         for (i, l) in locs.iter().enumerate() {
-            let from = u64::from(l.offset).checked_sub(start).map(|f| f as usize);
-            let blob = from.and_then(|f| data.get(f..f + l.length as usize));
-            each(
-                i,
-                match blob {
-                    Some(b) => open_blob(&self.keys, pack, l, b.to_vec()),
-                    None => Err(RepoError::Internal(format!(
-                        "blob {} is not inside the range read from {}",
-                        l.id.short(),
-                        pack_name(pack)
-                    ))),
-                },
-            );
+            let span = u64::from(l.offset)
+                .checked_sub(start)
+                .map(|f| f as usize)
+                .map(|f| f..f + l.length as usize);
+            // Decrypting in place overwrites the ciphertext: a blob that
+            // overlaps the next one (the same chunk wanted twice) is opened
+            // from a copy.
+            let overlaps_next = locs
+                .get(i + 1)
+                .is_some_and(|n| u64::from(n.offset) < u64::from(l.offset) + u64::from(l.length));
+            let blob = match span.and_then(|r| data.get_mut(r)) {
+                Some(b) if overlaps_next => {
+                    open_blob(&self.keys, pack, l, b.to_vec()).map(Cow::Owned)
+                }
+                Some(b) => open_blob_in_place(&self.keys, pack, l, b),
+                None => Err(RepoError::Internal(format!(
+                    "blob {} is not inside the range read from {}",
+                    l.id.short(),
+                    pack_name(pack)
+                ))),
+            };
+            each(i, blob);
         }
         Ok(())
     }

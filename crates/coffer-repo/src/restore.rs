@@ -17,6 +17,7 @@
 //! ranged requests instead of one per chunk — object stores and drives charge
 //! latency (and money) per request, not per byte.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -33,7 +34,7 @@ use crate::cache::Located;
 use crate::format::types::{BlobLocation, Node, NodeKind, Snapshot, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repo::{contiguous_runs, Repository};
+use crate::repo::{contiguous_runs_up_to, Repository, MAX_READ_SPAN, REMOTE_READ_SPAN};
 use crate::{RepoError, Result};
 
 /// What to restore.
@@ -150,7 +151,7 @@ fn chunk_worker(repo: &Repository, job: ChunkJob, shared: &Shared, progress: &Pr
         let locs: Vec<BlobLocation> = parts.iter().map(|p| p.located.loc.clone()).collect();
         // One open file at a time: consecutive parts are often of one file.
         let mut open: Option<(Arc<FileJob>, File)> = None;
-        let mut write = |part: &Part, blob: Result<Vec<u8>>| {
+        let mut write = |part: &Part, blob: Result<Cow<'_, [u8]>>| {
             if part.file.failed() {
                 return;
             }
@@ -207,7 +208,7 @@ fn chunk_worker(repo: &Repository, job: ChunkJob, shared: &Shared, progress: &Pr
 
 /// Groups planned chunks into jobs (runs close together in one pack) and
 /// queues them.
-fn send_jobs(mut parts: Vec<Part>, jobs: &Sender<ChunkJob>) -> Result<()> {
+fn send_jobs(mut parts: Vec<Part>, jobs: &Sender<ChunkJob>, max_span: u64) -> Result<()> {
     parts.sort_by_key(|p| (p.located.pack, p.located.loc.offset));
     let mut parts = parts.into_iter().peekable();
     while let Some(first) = parts.next() {
@@ -226,7 +227,7 @@ fn send_jobs(mut parts: Vec<Part>, jobs: &Sender<ChunkJob>) -> Result<()> {
             })
             .collect();
         let mut same = same.into_iter();
-        for run in contiguous_runs(&spans) {
+        for run in contiguous_runs_up_to(&spans, max_span) {
             let parts: Vec<Part> = same.by_ref().take(run.len()).collect();
             jobs.send(ChunkJob { parts })
                 .map_err(|_| RepoError::Internal("the restore workers stopped".into()))?;
@@ -297,6 +298,11 @@ pub fn restore(
             repo,
             jobs: tx,
             planned: Vec::new(),
+            max_span: if remote {
+                REMOTE_READ_SPAN
+            } else {
+                MAX_READ_SPAN
+            },
             shared: &shared,
             progress,
             dirs: &mut dirs,
@@ -311,7 +317,11 @@ pub fn restore(
         });
         // Even after an error (an unreadable tree), the files already planned
         // are finished: restored, or removed and reported.
-        let sent = send_jobs(std::mem::take(&mut planner.planned), &planner.jobs);
+        let sent = send_jobs(
+            std::mem::take(&mut planner.planned),
+            &planner.jobs,
+            planner.max_span,
+        );
         walked.and(sent)
         // The sender is dropped with the planner; the scope joins the workers.
     });
@@ -373,6 +383,8 @@ struct Planner<'a, 'd> {
     jobs: Sender<ChunkJob>,
     /// Chunks not yet sent (see [`PLAN_BATCH`]).
     planned: Vec<Part>,
+    /// The longest span read with one request.
+    max_span: u64,
     shared: &'a Shared,
     progress: &'a Progress,
     dirs: &'d mut Vec<(PathBuf, Node)>,
@@ -444,7 +456,7 @@ impl Planner<'_, '_> {
                     });
                 }
                 if self.planned.len() >= PLAN_BATCH {
-                    send_jobs(std::mem::take(&mut self.planned), &self.jobs)?;
+                    send_jobs(std::mem::take(&mut self.planned), &self.jobs, self.max_span)?;
                 }
                 Ok(())
             }

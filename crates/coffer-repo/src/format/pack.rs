@@ -9,6 +9,8 @@
 //! ```
 //! The padding makes the whole pack `padded_len(unpadded length, target)` bytes long.
 
+use std::borrow::Cow;
+
 use coffer_crypto::{RepoKeys, SealingKey, TAG_LEN};
 
 use super::padding::padme;
@@ -232,6 +234,23 @@ pub fn open_blob(
     loc: &BlobLocation,
     mut data: Vec<u8>,
 ) -> Result<Vec<u8>> {
+    let stored = match open_blob_in_place(keys, pack, loc, &mut data)? {
+        Cow::Borrowed(plain) => plain.len(),
+        Cow::Owned(plain) => return Ok(plain),
+    };
+    data.truncate(stored);
+    Ok(data)
+}
+
+/// [`open_blob`] on a ciphertext inside a larger buffer (a ranged read of
+/// several blobs), decrypted where it lies: an uncompressed blob's plaintext
+/// is returned borrowed from `data`, without a copy.
+pub fn open_blob_in_place<'a>(
+    keys: &RepoKeys,
+    pack: &Id,
+    loc: &BlobLocation,
+    data: &'a mut [u8],
+) -> Result<Cow<'a, [u8]>> {
     let what = || format!("blob {} in pack {}", loc.id.short(), pack.short());
     if loc.raw_length > MAX_BLOB {
         return Err(RepoError::integrity(
@@ -239,25 +258,25 @@ pub fn open_blob(
             "blob claims an impossible size",
         ));
     }
-    let n = keys
+    let data: &'a [u8] = keys
         .pack_key(&pack.0)
         .open(
             blob_nonce(loc.index),
             &blob_aad(pack, &loc.id, loc.kind),
-            &mut data,
+            data,
         )
         .map_err(|_| {
             RepoError::integrity(
                 what(),
                 "authentication failed: the pack was altered, truncated or swapped",
             )
-        })?
-        .len();
-    data.truncate(n);
+        })?;
     let plain = match loc.compression {
-        Compression::None => data,
-        Compression::Zstd => zstd::bulk::decompress(&data, loc.raw_length as usize)
-            .map_err(|e| RepoError::integrity(what(), format!("decompression failed: {e}")))?,
+        Compression::None => Cow::Borrowed(data),
+        Compression::Zstd => Cow::Owned(
+            zstd::bulk::decompress(data, loc.raw_length as usize)
+                .map_err(|e| RepoError::integrity(what(), format!("decompression failed: {e}")))?,
+        ),
     };
     if plain.len() != loc.raw_length as usize {
         return Err(RepoError::integrity(
