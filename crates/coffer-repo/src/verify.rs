@@ -211,18 +211,21 @@ pub fn verify(
     Ok(s)
 }
 
-/// Packs up to this size are read back whole, with one request; larger
-/// ones by ranges (memory: one such pack per worker).
+/// Packs up to this size on a remote store are read back whole, with one
+/// request; larger ones, and every pack on a local disk, by ranges (memory:
+/// one such pack per worker, which a local disk does not need).
 const WHOLE_PACK_READ: u64 = 32 << 20;
 
 /// Reads one pack back and checks every blob against its trailer and the
-/// index: a pack of up to [`WHOLE_PACK_READ`] bytes with one request (object
-/// stores and drives charge per request), a larger one by ranges (header,
-/// trailer, then runs of blobs up to [`crate::repo::MAX_READ_SPAN`]).
+/// index: on a remote store a pack of up to [`WHOLE_PACK_READ`] bytes with
+/// one request (object stores and drives charge per request), otherwise by
+/// ranges (header, trailer, then runs of blobs up to
+/// [`crate::repo::MAX_READ_SPAN`]).
 fn check_pack(repo: &Repository, id: &Id, size: u64) -> Result<()> {
     let name = pack_name(id);
     let store = repo.store();
-    let whole = if size <= WHOLE_PACK_READ {
+    let remote = store.location().contains("://");
+    let whole = if remote && size <= WHOLE_PACK_READ {
         Some(store.get(&name)?)
     } else {
         None
