@@ -94,10 +94,10 @@ write("vault_realm", "minimum.json",
 write("vault_anchor", "nvram", b"CVNV\x01" + struct.pack(">Q", 7) + b(32))
 write("vault_anchor", "marker_body",
       struct.pack(">Q", 7) + b(32) + struct.pack(">Q", 8) + b(32) + b"\x05\x80")
-RECORD_LEN = 4 + 192 + 1 + 96
+RECORD_LEN = 4 + 16 + 192 + 1 + 96
 write("vault_anchor", "record_live",
-      pad(b"\x01\x01\x0a\x09" + b(192) + b"\x3c" + b(60), RECORD_LEN))
-write("vault_anchor", "record_erased", pad(b"\x01\x02", RECORD_LEN))
+      pad(b"\x02\x01\x0a\x09" + b(16) + b(192) + b"\x3c" + b(60), RECORD_LEN))
+write("vault_anchor", "record_erased", pad(b"\x02\x02", RECORD_LEN))
 
 
 # vault_core: frames `ctl | len u16 | payload`; ctl = how | data<<2 | who<<3 | template<<5.

@@ -28,6 +28,7 @@ mod secrets;
 mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod transition;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -46,6 +47,7 @@ pub use platform::{Platform, PlatformError};
 pub use record::SEALED_RECORD_LEN;
 pub use secrets::{RealmSecrets, SEALED_SETUP_LEN};
 pub use session::{CLOCK_WINDOW_MS, MAX_SESSIONS, SESSION_TTL_MS};
+pub use transition::{Body, BodyError, Transition, TransitionError};
 
 use anchor::{check_marker, make_marker};
 use merkle::{bucket_of, leaf_hash, Tree};
@@ -420,6 +422,45 @@ impl<P: Platform> Core<P> {
         Ok(pending.replies)
     }
 
+    /// The root of the core's tree as it is now (after a [`Core::prepare`]
+    /// and before its [`Core::commit`], already the batch's new root).
+    pub fn tree_root(&self) -> [u8; 32] {
+        self.tree.root()
+    }
+
+    /// A follower's transition check (ADR 0011, "Accept rule"), for an entry
+    /// whose MAC and place in the log the caller has already checked: see
+    /// [`transition::check_transition`]. `buckets` are this node's own store's
+    /// contents of every bucket the body touches ([`Body::buckets`]). Changes
+    /// nothing: the host commits [`Transition::writes`] (with the entry), then
+    /// hands the transition to [`Core::apply_transition`]. Refused while the
+    /// core refuses to serve or a prepared batch awaits its commit.
+    pub fn check_transition(
+        &self,
+        entry: &log::Entry,
+        body: &[u8],
+        buckets: Vec<Bucket>,
+    ) -> Result<Transition, TransitionError> {
+        if let Some(why) = &self.refusing {
+            return Err(TransitionError::Refusing(why.clone()));
+        }
+        if self.pending.is_some() {
+            return Err(TransitionError::Busy);
+        }
+        transition::check_transition(&self.tree, entry, body, buckets)
+    }
+
+    /// After the host durably committed a checked transition's writes: moves
+    /// the core's tree to the entry's root. Refused if the tree is no longer
+    /// the one the transition was checked against. Does not write NVRAM (in
+    /// a replicated realm that is the group slot's job, `persisted`).
+    pub fn apply_transition(&mut self, t: Transition) -> Result<(), TransitionError> {
+        if self.pending.is_some() {
+            return Err(TransitionError::Busy);
+        }
+        t.apply(&mut self.tree)
+    }
+
     /// Drops a prepared batch whose store commit failed. The core's tree is
     /// ahead of the store now, so it refuses until restarted over the store.
     pub fn abort(&mut self, why: &str) {
@@ -527,9 +568,7 @@ impl<P: Platform> Core<P> {
             let verdict = match bb.given.get(&b) {
                 None => Err(format!("the host did not supply bucket {b}")),
                 Some(records) => {
-                    let list: Vec<(&[u8; 32], &[u8])> =
-                        records.iter().map(|(k, v)| (k, v.as_slice())).collect();
-                    if leaf_hash(&list) == self.tree.leaf(b) {
+                    if self.tree.bucket_matches(b, records) {
                         Ok(records.iter().cloned().collect())
                     } else {
                         Err(format!("bucket {b} does not match the trusted tree"))

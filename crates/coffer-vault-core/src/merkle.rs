@@ -4,7 +4,10 @@
 //! for any number of users) and its root in NVRAM; the store keeps records
 //! and leaf hashes, which the core checks against its tree on every read.
 
+use std::collections::BTreeMap;
+
 use ring::digest::{Context, SHA256};
+use subtle::ConstantTimeEq;
 
 /// Depth of the tree.
 pub const DEPTH: u32 = 16;
@@ -75,6 +78,41 @@ impl Tree {
         self.nodes[BUCKETS + usize::from(bucket)]
     }
 
+    /// Whether `records` (as the host read them) are exactly what the
+    /// bucket's leaf commits to: the leaf hash of the list, compared in
+    /// constant time. How every bucket read is verified.
+    pub fn bucket_matches(&self, bucket: u16, records: &[([u8; 32], Vec<u8>)]) -> bool {
+        let list: Vec<(&[u8; 32], &[u8])> =
+            records.iter().map(|(k, v)| (k, v.as_slice())).collect();
+        bool::from(leaf_hash(&list).ct_eq(&self.leaf(bucket)))
+    }
+
+    /// The root the tree would have with `leaves` set (a later pair for the
+    /// same bucket wins), without changing the tree: at most 16 hashes per
+    /// changed leaf. Equals [`Tree::root`] after [`Tree::set_leaf`] of each.
+    pub fn root_with(&self, leaves: &[(u16, [u8; 32])]) -> [u8; 32] {
+        let mut level: BTreeMap<usize, [u8; 32]> = leaves
+            .iter()
+            .map(|(b, h)| (BUCKETS + usize::from(*b), *h))
+            .collect();
+        if level.is_empty() {
+            return self.root();
+        }
+        for _ in 0..DEPTH {
+            let mut up = BTreeMap::new();
+            for &i in level.keys() {
+                let p = i / 2;
+                if up.contains_key(&p) {
+                    continue;
+                }
+                let get = |j: usize| level.get(&j).copied().unwrap_or(self.nodes[j]);
+                up.insert(p, node_hash(&get(2 * p), &get(2 * p + 1)));
+            }
+            level = up;
+        }
+        level.get(&1).copied().unwrap_or_else(|| self.root())
+    }
+
     /// Sets a leaf and rehashes its path (16 hashes).
     pub fn set_leaf(&mut self, bucket: u16, hash: [u8; 32]) {
         let mut i = BUCKETS + usize::from(bucket);
@@ -101,6 +139,26 @@ mod tests {
         assert_eq!(rebuilt.root(), t.root());
         t.set_leaf(7, old);
         assert_eq!(t.root(), r0);
+    }
+
+    #[test]
+    fn root_with_matches_set_leaf_and_leaves_the_tree_alone() {
+        let mut t = Tree::build([(3u16, [3u8; 32]), (65535, [5; 32])]);
+        let r0 = t.root();
+        assert_eq!(t.root_with(&[]), r0);
+        let changes = [
+            (0u16, [1u8; 32]),
+            (1, [2; 32]),
+            (40000, [4; 32]),
+            (65535, [6; 32]),
+        ];
+        let predicted = t.root_with(&changes);
+        assert_eq!(t.root(), r0);
+        for (b, h) in changes {
+            t.set_leaf(b, h);
+        }
+        assert_eq!(predicted, t.root());
+        assert_ne!(predicted, r0);
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub struct MemRealm {
     pub config: RealmConfig,
     /// Sealed server setup.
     pub sealed_setup: Vec<u8>,
+    /// When `Some`, every batch's writes are appended here (for replaying a
+    /// leader's batches on a follower, ADR 0011).
+    pub journal: Option<Vec<StoreWrites>>,
 }
 
 impl MemRealm {
@@ -156,6 +159,7 @@ impl MemRealm {
             master,
             config,
             sealed_setup: created.sealed_setup,
+            journal: None,
         })
     }
 
@@ -206,6 +210,9 @@ impl MemRealm {
         let buckets = wanted.into_iter().map(|b| self.store.bucket(b)).collect();
         let writes = self.core.prepare(inputs, buckets)?;
         self.store.apply(&writes);
+        if let Some(j) = &mut self.journal {
+            j.push(writes);
+        }
         self.core.commit()
     }
 
