@@ -21,6 +21,8 @@ use std::sync::{Arc, OnceLock};
 
 use coffer_storage::{BlobStore, ObjectInfo};
 
+pub mod sim;
+
 use rand::{Rng, SeedableRng};
 
 /// A seeded RNG: the same seed gives the same dataset.
