@@ -428,6 +428,8 @@ pub struct Sim<N: Node> {
     trace_messages: bool,
     stats: Stats,
     out: Vec<(NodeIx, N::Msg)>,
+    /// Scripted mode: sent messages are held here instead of the network.
+    held: Option<Vec<(NodeIx, NodeIx, N::Msg)>>,
 }
 
 impl<N: Node> Sim<N> {
@@ -451,6 +453,7 @@ impl<N: Node> Sim<N> {
             trace_messages: config.trace_messages,
             stats: Stats::default(),
             out: Vec::new(),
+            held: None,
         };
         sim.trace.update(&seed.to_le_bytes());
         for node in 0..n {
@@ -623,6 +626,13 @@ impl<N: Node> Sim<N> {
     }
 
     fn flush(&mut self, from: NodeIx, out: &mut Vec<(NodeIx, N::Msg)>) {
+        if let Some(held) = self.held.as_mut() {
+            for (to, msg) in out.drain(..) {
+                self.stats.sent += 1;
+                held.push((from, to, msg));
+            }
+            return;
+        }
         for (to, msg) in out.drain(..) {
             self.stats.sent += 1;
             if self.is_cut(from, to) || self.rng.chance(self.net.loss_permille) {
@@ -644,6 +654,79 @@ impl<N: Node> Sim<N> {
             let d = self.rng.range(self.net.min_delay, self.net.max_delay);
             self.push(self.now + d, Event::Deliver { from, to, msg });
         }
+    }
+
+    // ------------------------------------------------------------ scripted mode
+    //
+    // For pinned scenarios that a random plan is unlikely to hit: the test
+    // drives time, ticks, faults and every delivery itself. Scheduled events
+    // are not run unless the test calls [`Sim::step`].
+
+    /// Scripted mode on: from now on sent messages are held
+    /// ([`Sim::take_held`]) instead of going through the network.
+    pub fn script(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// The messages sent since the last call, as `(from, to, msg)`.
+    pub fn take_held(&mut self) -> Vec<(NodeIx, NodeIx, N::Msg)> {
+        self.held.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Moves the clock to `t` (never back).
+    pub fn set_now(&mut self, t: u64) {
+        self.now = self.now.max(t);
+    }
+
+    /// Delivers `msg` now (to a running node; cuts and weather ignored).
+    pub fn deliver(&mut self, from: NodeIx, to: NodeIx, msg: N::Msg) -> Step {
+        self.stats.steps += 1;
+        if !self.up[to] {
+            self.stats.dropped += 1;
+            return Step::Dropped { from, to };
+        }
+        self.stats.delivered += 1;
+        self.record(2, from, to);
+        let mut out = std::mem::take(&mut self.out);
+        let mut ctx = Ctx {
+            me: to,
+            now: self.now,
+            nodes: self.nodes.len(),
+            rng: &mut self.rng,
+            out: &mut out,
+        };
+        self.nodes[to].on_message(&mut ctx, from, msg);
+        self.flush(to, &mut out);
+        self.out = out;
+        Step::Delivered { from, to }
+    }
+
+    /// Runs a node's timer now (if it is up).
+    pub fn tick(&mut self, node: NodeIx) -> Step {
+        self.stats.steps += 1;
+        if !self.up[node] {
+            return Step::StaleTick(node);
+        }
+        self.record(4, node, node);
+        let mut out = std::mem::take(&mut self.out);
+        let mut ctx = Ctx {
+            me: node,
+            now: self.now,
+            nodes: self.nodes.len(),
+            rng: &mut self.rng,
+            out: &mut out,
+        };
+        self.nodes[node].on_tick(&mut ctx);
+        self.flush(node, &mut out);
+        self.out = out;
+        Step::Ticked(node)
+    }
+
+    /// Applies a fault now.
+    pub fn fault(&mut self, f: Fault) -> Step {
+        self.stats.steps += 1;
+        self.apply(&f);
+        Step::Faulted(f)
     }
 
     fn crash(&mut self, ix: NodeIx) {

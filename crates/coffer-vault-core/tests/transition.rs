@@ -72,6 +72,12 @@ impl Chain {
         };
         let e = Entry {
             group: G,
+            // Genesis has epoch 0; the leader's batches its first epoch (ADR 0012).
+            epoch: if index == 1 {
+                0
+            } else {
+                1 << 8 | u64::from(LEADER)
+            },
             index,
             prev_mac: self.last,
             leader: LEADER,
