@@ -6,7 +6,7 @@
 Deterministic. `fuzz/ci.sh` copies fuzz/seeds/<target>/ into the (git-ignored)
 corpus fuzz/corpus/<target>/ before each run, so every run starts from valid
 inputs. Layouts: crates/coffer-vault-proto/src/{messages,channel,realm}.rs,
-crates/coffer-vault-core/src/{anchor,record}.rs; the vault_core input format
+crates/coffer-vault-core/src/{anchor,record,log,transition}.rs; the vault_core input format
 is described in fuzz/fuzz_targets/vault_core.rs.
 """
 import json
@@ -142,3 +142,37 @@ core = {
 }
 for name, data in core.items():
     write("vault_core", name, data)
+
+# Realm log (vault_log; layouts: crates/coffer-vault-core/src/log.rs, ADR 0012) and batch bodies
+# (vault_body; crates/coffer-vault-core/src/transition.rs). Big-endian integers.
+import hashlib
+
+GROUP = b(16)
+EMPTY_BODY = hashlib.sha256(struct.pack(">I", 0)).digest()
+
+
+def entry(epoch, index, prev, leader, kind, body_hash, tail=b""):
+    return (b"CVLE" + b"\x02" + GROUP + struct.pack(">QQ", epoch, index) + prev
+            + bytes([leader, kind]) + struct.pack(">HH", 0, 65535) + b(32) + body_hash + tail)
+
+
+write("vault_log", "genesis", entry(0, 1, bytes(32), 1, 1, EMPTY_BODY, b"\x03\x01\x02\x03"))
+write("vault_log", "leader", entry((1 << 8) | 2, 2, b(32), 2, 2, EMPTY_BODY))
+write("vault_log", "batch", entry((1 << 8) | 2, 3, b(32), 2, 3, b(32)))
+write("vault_log", "ack",
+      b"\x03" + GROUP + struct.pack(">QQQ", (1 << 8) | 2, (1 << 8) | 2, 3) + b(32) + b(32))
+
+
+def slot(promised, last, index, mac):
+    return GROUP + b"\x01" + struct.pack(">QQQ", promised, last, index) + mac
+
+
+write("vault_log", "slot", slot((1 << 8) | 2, (1 << 8) | 2, 3, b(32)))
+write("vault_log", "nvram",
+      b"CVNV\x02" + b(16) + b"\x01\x01" + slot((1 << 8) | 2, (1 << 8) | 2, 3, b(32)))
+
+SEALED = 349
+ids = sorted(b(32) for _ in range(3))
+write("vault_body", "empty", struct.pack(">I", 0))
+write("vault_body", "three",
+      struct.pack(">I", 3) + b"".join(i + b(SEALED) for i in ids))
