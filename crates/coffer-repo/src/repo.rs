@@ -125,6 +125,44 @@ pub fn contiguous_runs_up_to(blobs: &[(u64, u64)], max_span: u64) -> Vec<std::op
     runs
 }
 
+/// Authenticates, decompresses and checks blobs of `pack` that lie in
+/// `data` (the pack's bytes from offset `start` on), each decrypted where it
+/// lies (no copy of an uncompressed blob), and hands each to `each` with its
+/// index in `locs`. `locs` are in increasing offsets; decrypting in place
+/// overwrites the ciphertext, so a blob that overlaps the next one (the same
+/// chunk wanted twice) is opened from a copy.
+pub(crate) fn open_blobs_in(
+    keys: &RepoKeys,
+    pack: &Id,
+    start: u64,
+    data: &mut [u8],
+    locs: &[BlobLocation],
+    mut each: impl FnMut(usize, Result<Cow<'_, [u8]>>),
+) {
+    for (i, l) in locs.iter().enumerate() {
+        let span = u64::from(l.offset)
+            .checked_sub(start)
+            .map(|f| f as usize)
+            .map(|f| f..f + l.length as usize);
+        let overlaps_next = locs
+            .get(i + 1)
+            .is_some_and(|n| u64::from(n.offset) < u64::from(l.offset) + u64::from(l.length));
+        let blob = match span.and_then(|r| data.get_mut(r)) {
+            Some(b) if overlaps_next => open_blob(keys, pack, l, b.to_vec()).map(Cow::Owned),
+            Some(b) => open_blob_in_place(keys, pack, l, b),
+            None => Err(RepoError::integrity(
+                pack_name(pack),
+                format!(
+                    "blob {} lies outside the bytes read ({} from offset {start})",
+                    l.id.short(),
+                    data.len()
+                ),
+            )),
+        };
+        each(i, blob);
+    }
+}
+
 /// Refuses a pack size whose largest pack `store` could not take in one upload.
 pub(crate) fn check_pack_size(store: &dyn BlobStore, pack_size: u32) -> Result<()> {
     let worst = max_pack_bytes(pack_size);
@@ -328,6 +366,13 @@ impl Repository {
     /// The storage.
     pub fn store(&self) -> &Arc<dyn BlobStore> {
         &self.store
+    }
+
+    /// Whether the repository is behind a URL (an object store, WebDAV or a
+    /// drive) rather than a local path: requests there cost latency and
+    /// money, so restore and verify read larger spans with fewer requests.
+    pub fn is_remote(&self) -> bool {
+        self.store.location().contains("://")
     }
 
     /// Whether the store enforces conditional creates, as probed when the
@@ -555,7 +600,7 @@ impl Repository {
         &self,
         pack: &Id,
         locs: &[BlobLocation],
-        mut each: impl FnMut(usize, Result<Cow<'_, [u8]>>),
+        each: impl FnMut(usize, Result<Cow<'_, [u8]>>),
     ) -> Result<()> {
         let Some(first) = locs.first() else {
             return Ok(());
@@ -569,30 +614,7 @@ impl Repository {
         let mut data = self
             .store
             .get_range(&pack_name(pack), start, end.saturating_sub(start))?;
-        for (i, l) in locs.iter().enumerate() {
-            let span = u64::from(l.offset)
-                .checked_sub(start)
-                .map(|f| f as usize)
-                .map(|f| f..f + l.length as usize);
-            // Decrypting in place overwrites the ciphertext: a blob that
-            // overlaps the next one (the same chunk wanted twice) is opened
-            // from a copy.
-            let overlaps_next = locs
-                .get(i + 1)
-                .is_some_and(|n| u64::from(n.offset) < u64::from(l.offset) + u64::from(l.length));
-            let blob = match span.and_then(|r| data.get_mut(r)) {
-                Some(b) if overlaps_next => {
-                    open_blob(&self.keys, pack, l, b.to_vec()).map(Cow::Owned)
-                }
-                Some(b) => open_blob_in_place(&self.keys, pack, l, b),
-                None => Err(RepoError::Internal(format!(
-                    "blob {} is not inside the range read from {}",
-                    l.id.short(),
-                    pack_name(pack)
-                ))),
-            };
-            each(i, blob);
-        }
+        open_blobs_in(&self.keys, pack, start, &mut data, locs, each);
         Ok(())
     }
 

@@ -278,7 +278,7 @@ pub fn restore(
 
     // Against a server a worker spends much of its time waiting for its
     // request: twice as many keep the cores busy.
-    let remote = repo.store().location().contains("://");
+    let remote = repo.is_remote();
     let workers = opts.workers.max(1) * if remote { 2 } else { 1 };
     let shared = Shared::default();
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use rand::seq::SliceRandom;
 
-use crate::format::pack::{open_blob, open_trailer, pack_name, trailer_span};
+use crate::format::pack::{open_trailer, pack_name, trailer_span};
 use crate::format::types::NodeKind;
 use crate::format::{check_header, Kind};
 use crate::id::Id;
@@ -224,8 +224,7 @@ const WHOLE_PACK_READ: u64 = 32 << 20;
 fn check_pack(repo: &Repository, id: &Id, size: u64) -> Result<()> {
     let name = pack_name(id);
     let store = repo.store();
-    let remote = store.location().contains("://");
-    let whole = if remote && size <= WHOLE_PACK_READ {
+    let mut whole = if repo.is_remote() && size <= WHOLE_PACK_READ {
         Some(store.get(&name)?)
     } else {
         None
@@ -263,31 +262,31 @@ fn check_pack(repo: &Repository, id: &Id, size: u64) -> Result<()> {
             ));
         }
     }
-    if whole.is_some() {
-        for b in &trailer {
-            open_blob(
-                repo.keys(),
-                id,
-                b,
-                read(u64::from(b.offset), u64::from(b.length))?,
-            )?;
+    // The first damaged blob fails the pack.
+    let mut first_err = None;
+    let note = |first: &mut Option<RepoError>, blob: Result<std::borrow::Cow<'_, [u8]>>| {
+        if let Err(e) = blob {
+            first.get_or_insert(e);
         }
-        return Ok(());
-    }
-    let spans: Vec<(u64, u64)> = trailer
-        .iter()
-        .map(|b| (u64::from(b.offset), u64::from(b.length)))
-        .collect();
-    for run in crate::repo::contiguous_runs(&spans) {
-        let mut first_err = None;
-        repo.read_blob_run(id, &trailer[run], |_, blob| {
-            if let Err(e) = blob {
-                first_err.get_or_insert(e);
+    };
+    if let Some(w) = whole.as_mut() {
+        crate::repo::open_blobs_in(repo.keys(), id, 0, w, &trailer, |_, b| {
+            note(&mut first_err, b)
+        });
+    } else {
+        let spans: Vec<(u64, u64)> = trailer
+            .iter()
+            .map(|b| (u64::from(b.offset), u64::from(b.length)))
+            .collect();
+        for run in crate::repo::contiguous_runs(&spans) {
+            repo.read_blob_run(id, &trailer[run], |_, b| note(&mut first_err, b))?;
+            if first_err.is_some() {
+                break;
             }
-        })?;
-        if let Some(e) = first_err {
-            return Err(e);
         }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
     }
     Ok(())
 }
