@@ -568,17 +568,7 @@ impl<N: Node> Sim<N> {
                     if self.trace_messages {
                         self.trace.update(format!("{msg:?}").as_bytes());
                     }
-                    let mut out = std::mem::take(&mut self.out);
-                    let mut ctx = Ctx {
-                        me: to,
-                        now: self.now,
-                        nodes: self.nodes.len(),
-                        rng: &mut self.rng,
-                        out: &mut out,
-                    };
-                    self.nodes[to].on_message(&mut ctx, from, msg);
-                    self.flush(to, &mut out);
-                    self.out = out;
+                    self.handle(to, |n, ctx| n.on_message(ctx, from, msg));
                     Step::Delivered { from, to }
                 }
             }
@@ -588,17 +578,7 @@ impl<N: Node> Sim<N> {
                     Step::StaleTick(node)
                 } else {
                     self.record(4, node, node);
-                    let mut out = std::mem::take(&mut self.out);
-                    let mut ctx = Ctx {
-                        me: node,
-                        now: self.now,
-                        nodes: self.nodes.len(),
-                        rng: &mut self.rng,
-                        out: &mut out,
-                    };
-                    self.nodes[node].on_tick(&mut ctx);
-                    self.flush(node, &mut out);
-                    self.out = out;
+                    self.handle(node, |n, ctx| n.on_tick(ctx));
                     let jitter = self.rng.below(self.tick_ms / 4 + 1);
                     let at = self.now + self.tick_ms + jitter;
                     self.push(at, Event::Tick { node, epoch });
@@ -623,6 +603,22 @@ impl<N: Node> Sim<N> {
             check(self, &s);
         }
         self.now = self.now.max(until);
+    }
+
+    /// Runs one handler of node `me` with a context, then sends what it
+    /// queued (the one place a node's code runs).
+    fn handle(&mut self, me: NodeIx, f: impl FnOnce(&mut N, &mut Ctx<'_, N::Msg>)) {
+        let mut out = std::mem::take(&mut self.out);
+        let mut ctx = Ctx {
+            me,
+            now: self.now,
+            nodes: self.nodes.len(),
+            rng: &mut self.rng,
+            out: &mut out,
+        };
+        f(&mut self.nodes[me], &mut ctx);
+        self.flush(me, &mut out);
+        self.out = out;
     }
 
     fn flush(&mut self, from: NodeIx, out: &mut Vec<(NodeIx, N::Msg)>) {
@@ -687,17 +683,7 @@ impl<N: Node> Sim<N> {
         }
         self.stats.delivered += 1;
         self.record(2, from, to);
-        let mut out = std::mem::take(&mut self.out);
-        let mut ctx = Ctx {
-            me: to,
-            now: self.now,
-            nodes: self.nodes.len(),
-            rng: &mut self.rng,
-            out: &mut out,
-        };
-        self.nodes[to].on_message(&mut ctx, from, msg);
-        self.flush(to, &mut out);
-        self.out = out;
+        self.handle(to, |n, ctx| n.on_message(ctx, from, msg));
         Step::Delivered { from, to }
     }
 
@@ -708,17 +694,7 @@ impl<N: Node> Sim<N> {
             return Step::StaleTick(node);
         }
         self.record(4, node, node);
-        let mut out = std::mem::take(&mut self.out);
-        let mut ctx = Ctx {
-            me: node,
-            now: self.now,
-            nodes: self.nodes.len(),
-            rng: &mut self.rng,
-            out: &mut out,
-        };
-        self.nodes[node].on_tick(&mut ctx);
-        self.flush(node, &mut out);
-        self.out = out;
+        self.handle(node, |n, ctx| n.on_tick(ctx));
         Step::Ticked(node)
     }
 
@@ -743,17 +719,7 @@ impl<N: Node> Sim<N> {
             return;
         }
         self.up[ix] = true;
-        let mut out = std::mem::take(&mut self.out);
-        let mut ctx = Ctx {
-            me: ix,
-            now: self.now,
-            nodes: self.nodes.len(),
-            rng: &mut self.rng,
-            out: &mut out,
-        };
-        self.nodes[ix].on_restart(&mut ctx);
-        self.flush(ix, &mut out);
-        self.out = out;
+        self.handle(ix, |n, ctx| n.on_restart(ctx));
         let at = self.now + 1 + self.rng.below(self.tick_ms);
         let epoch = self.epoch[ix];
         self.push(at, Event::Tick { node: ix, epoch });
