@@ -6,6 +6,11 @@
 //! frames it cannot read. The password never leaves this process: OPAQUE
 //! (RFC 9807) proves it, and `K` travels wrapped under the OPAQUE export key.
 //!
+//! A replicated realm (descriptor format 2) lists several nodes, any of which
+//! serves any session: a session opens on one node, moving on to the next
+//! when a node cannot be reached or answers 503, and all its later frames go
+//! to the node that answered (ADR 0011, "Clients and tenants").
+//!
 //! ```no_run
 //! use coffer_client::vault::{Password, VaultClient};
 //! use coffer_vault_proto::RealmDescriptor;
@@ -27,11 +32,35 @@ use coffer_vault_proto::client::{FlowError, Login, Registration};
 use coffer_vault_proto::{
     ClientChannel, ErrorCode, RealmDescriptor, RealmError, Request, Response,
 };
-use rand_core::OsRng;
+use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
 /// Timeout of one HTTP exchange with the vault (connect, send, answer).
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeout of connecting to one vault node (TCP, then TLS). Shorter than
+/// [`HTTP_TIMEOUT`] so that a node that is down costs little before the
+/// next one is tried, and reported apart from a timeout awaiting an answer
+/// (nothing was sent, so moving on is always safe).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The order in which a client tries a realm's nodes when it opens a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NodeOrder {
+    /// From a random node, then on around the list (the default). Every
+    /// node's host serves any session, so spreading clients spreads the
+    /// hosts' load; and a node that hangs after taking a login's first
+    /// frame, where the client stops rather than risk spending a second
+    /// attempt (see [`VaultClient::login`]), then fails only the sessions
+    /// that start there, not every one. Per-user rate limits are per node
+    /// (ADR 0011), so an order chosen by honest clients protects nothing.
+    #[default]
+    Random,
+    /// From the first node listed, then in order: for an operator who lists
+    /// the nearest node first, and for tests.
+    AsListed,
+}
 
 /// Largest HTTP answer read from the vault (a reply frame is under 1 KiB).
 const MAX_ANSWER: u64 = 64 * 1024;
@@ -231,7 +260,9 @@ fn now_ms() -> u64 {
 /// A client of one vault realm, for one user (the tenant's token names the user).
 pub struct VaultClient {
     realm: RealmDescriptor,
-    base: String,
+    /// The nodes' base URLs, without a trailing `/`; one for format 1.
+    nodes: Vec<String>,
+    order: NodeOrder,
     token: Zeroizing<String>,
     agent: ureq::Agent,
     /// Vault time minus local time, learnt from a clock-skew refusal.
@@ -242,7 +273,7 @@ impl std::fmt::Debug for VaultClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultClient")
             .field("realm_id", &hex::encode(self.realm.realm_id))
-            .field("address", &self.base)
+            .field("nodes", &self.nodes)
             .field("token", &"<redacted>")
             .finish()
     }
@@ -267,6 +298,51 @@ impl std::fmt::Debug for LoggedIn<'_> {
 
 struct Session {
     channel: ClientChannel,
+    /// Index of the node that answered the open frame: the session lives in
+    /// that node's core (or is relayed by its host), so every later frame
+    /// goes there and never to another node.
+    node: usize,
+}
+
+/// A failed HTTP exchange with one node.
+struct Failure {
+    /// The error as the caller sees it when this node is the last word.
+    error: VaultError,
+    /// The reason alone, without the node's URL, for a list of nodes tried.
+    why: String,
+    reach: Reach,
+}
+
+/// How far a failed request got: whether the next node may be tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// No connection was made (name resolution, refused, unreachable, TLS
+    /// handshake, connect timeout): the request was never sent.
+    NotSent,
+    /// The host answered 503: it refuses to serve for now, and a vault
+    /// changes nothing before refusing that way.
+    Unavailable,
+    /// The connection broke or timed out once the request may have been
+    /// sent: the vault may have handled it.
+    MaybeSent,
+    /// The node answered with another error: the answer stands.
+    Answered,
+}
+
+impl Failure {
+    /// Whether opening the session on the next node is safe. A login's
+    /// first frame spends one attempt when a core handles it; if it may have
+    /// been handled, sending another to the next node could spend a second
+    /// one for a single try, and a run of lost replies could spend the
+    /// record down to its erasure. A registration's first frame changes
+    /// nothing, so it moves on after any timeout.
+    fn try_next(&self, spends_attempt: bool) -> bool {
+        match self.reach {
+            Reach::NotSent | Reach::Unavailable => true,
+            Reach::MaybeSent => !spends_attempt,
+            Reach::Answered => false,
+        }
+    }
 }
 
 impl VaultClient {
@@ -274,20 +350,39 @@ impl VaultClient {
     /// for one user. Plain `http://` is for loopback and tests; use
     /// `https://` elsewhere (the channel inside is end-to-end encrypted to
     /// the realm key either way, but the token is not).
+    ///
+    /// A replicated realm's nodes are tried from a random one
+    /// ([`NodeOrder::Random`]); see [`VaultClient::with_node_order`].
     pub fn new(realm: RealmDescriptor, token: String) -> Result<Self, VaultError> {
         let token = Zeroizing::new(token);
-        let base = realm.address.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(VaultError::Realm(RealmError::Invalid(format!(
-                "the vault address {:?} is not an http:// or https:// URL",
-                realm.address
-            ))));
+        let listed = realm.nodes();
+        if listed.is_empty() {
+            return Err(VaultError::Realm(RealmError::Invalid(
+                "the realm descriptor lists no vault node".into(),
+            )));
+        }
+        let mut nodes = Vec::with_capacity(listed.len());
+        for (i, url) in listed.iter().enumerate() {
+            let base = url.trim_end_matches('/').to_string();
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                let what = if listed.len() == 1 {
+                    "the vault address".to_string()
+                } else {
+                    format!("vault node {}", i + 1)
+                };
+                return Err(VaultError::Realm(RealmError::Invalid(format!(
+                    "{what} {url:?} is not an http:// or https:// URL"
+                ))));
+            }
+            nodes.push(base);
         }
         if token.trim().is_empty() {
             return Err(VaultError::Unauthorized("the user token is empty".into()));
         }
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(HTTP_TIMEOUT))
+            // Reported as a connect timeout (nothing sent), not a global one.
+            .timeout_connect(Some(CONNECT_TIMEOUT))
             .http_status_as_error(false)
             // The token must never follow a redirect somewhere else.
             .max_redirects(0)
@@ -295,11 +390,18 @@ impl VaultClient {
             .build();
         Ok(Self {
             realm,
-            base,
+            nodes,
+            order: NodeOrder::default(),
             token,
             agent: config.into(),
             clock_offset_ms: AtomicI64::new(0),
         })
+    }
+
+    /// The same client, trying the nodes of a replicated realm in `order`.
+    pub fn with_node_order(mut self, order: NodeOrder) -> Self {
+        self.order = order;
+        self
     }
 
     /// The pinned realm.
@@ -355,6 +457,12 @@ impl VaultClient {
     }
 
     /// Logs in and keeps the session open for a follow-up.
+    ///
+    /// In a replicated realm, the login moves on to the next node when a
+    /// node cannot be reached or answers 503, but not when a node took the
+    /// first frame and then timed out or dropped the connection: that node
+    /// may have spent an attempt, and trying another would spend a second
+    /// for one try. The error then says so; retrying is the caller's call.
     pub fn login(&self, password: &Password) -> Result<LoggedIn<'_>, VaultError> {
         self.retry_on_skew(|| {
             let (mut login, ke1) = Login::start(&mut OsRng, password.bytes())?;
@@ -412,15 +520,79 @@ impl VaultClient {
         (now_ms() as i64).saturating_add(offset).max(0) as u64
     }
 
-    /// Opens a session with its first request; a refusal becomes an error.
+    /// The order in which to try the nodes for a new session: one pass.
+    fn node_order(&self) -> Vec<usize> {
+        let n = self.nodes.len();
+        let start = match self.order {
+            // n <= 16: the modulo's bias is far below anything that matters.
+            NodeOrder::Random if n > 1 => OsRng.next_u32() as usize % n,
+            _ => 0,
+        };
+        (start..n).chain(0..start).collect()
+    }
+
+    /// Opens a session with its first request on the first node that takes
+    /// it; a refusal becomes an error.
     fn open(&self, first: &Request) -> Result<(Session, Response), VaultError> {
-        let (mut channel, frame) =
-            ClientChannel::open(&self.realm, first, self.client_time_ms(), &mut OsRng)
-                .map_err(|e| VaultError::Protocol(e.to_string()))?;
-        let reply = self.post("open", &frame, true)?;
-        let resp = channel.receive(&reply).map_err(|e| self.channel_error(e))?;
-        refusal(&resp)?;
-        Ok((Session { channel }, resp))
+        let spends_attempt = matches!(first, Request::LoginStart { .. });
+        let order = self.node_order();
+        let mut failed: Vec<(usize, Failure)> = Vec::new();
+        for (tried, &node) in order.iter().enumerate() {
+            // A fresh channel for each node: were the first frame to reach a
+            // core after all, the same frame again would be a replay.
+            let (mut channel, frame) =
+                ClientChannel::open(&self.realm, first, self.client_time_ms(), &mut OsRng)
+                    .map_err(|e| VaultError::Protocol(e.to_string()))?;
+            let reply = match self.post(node, "open", &frame, true) {
+                Ok(reply) => reply,
+                Err(f) if f.try_next(spends_attempt) => {
+                    tracing::warn!(node = %self.nodes[node], error = %f.error, "vault node failed; trying the next one");
+                    failed.push((node, f));
+                    continue;
+                }
+                Err(f) if f.reach == Reach::MaybeSent && tried + 1 < order.len() => {
+                    return Err(VaultError::Transport(format!(
+                        "{}; the login may have reached it and spent one attempt, so it was \
+                         not sent to another node: retry",
+                        f.error
+                    )));
+                }
+                Err(f) => return Err(f.error),
+            };
+            let resp = channel
+                .receive(&reply)
+                .map_err(|e| self.channel_error(node, e))?;
+            refusal(&resp)?;
+            return Ok((Session { channel, node }, resp));
+        }
+        Err(self.all_failed(failed))
+    }
+
+    /// The error once every node failed: a single node's own error, or the
+    /// list of the nodes tried, each with its reason.
+    fn all_failed(&self, mut failed: Vec<(usize, Failure)>) -> VaultError {
+        if failed.len() == 1 {
+            if let Some((_, f)) = failed.pop() {
+                return f.error;
+            }
+        }
+        let unavailable = failed.iter().any(|(_, f)| f.reach == Reach::Unavailable);
+        let list = failed
+            .iter()
+            .map(|(node, f)| format!("{}: {}", self.nodes[*node], f.why))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if unavailable {
+            VaultError::Unavailable(format!(
+                "none of its {} nodes would serve ({list})",
+                failed.len()
+            ))
+        } else {
+            VaultError::Transport(format!(
+                "cannot reach any of the vault's {} nodes ({list})",
+                failed.len()
+            ))
+        }
     }
 
     /// Sends a further request of the session; a refusal becomes an error.
@@ -429,26 +601,34 @@ impl VaultClient {
             .channel
             .send(req, self.client_time_ms())
             .map_err(|e| VaultError::Protocol(e.to_string()))?;
-        let reply = self.post("send", &frame, false)?;
+        let reply = self
+            .post(session.node, "send", &frame, false)
+            .map_err(|f| f.error)?;
         let resp = session
             .channel
             .receive(&reply)
-            .map_err(|e| self.channel_error(e))?;
+            .map_err(|e| self.channel_error(session.node, e))?;
         refusal(&resp)?;
         Ok(resp)
     }
 
-    fn channel_error(&self, e: coffer_vault_proto::ChannelError) -> VaultError {
+    fn channel_error(&self, node: usize, e: coffer_vault_proto::ChannelError) -> VaultError {
         VaultError::Protocol(format!(
             "the answer from {} does not come from realm {}: {e}",
-            self.base,
+            self.nodes[node],
             hex::encode(self.realm.realm_id)
         ))
     }
 
-    /// One HTTP exchange: the frame out, the reply frame back.
-    fn post(&self, endpoint: &str, frame: &[u8], auth: bool) -> Result<Vec<u8>, VaultError> {
-        let url = format!("{}/v1/{endpoint}", self.base);
+    /// One HTTP exchange with `node`: the frame out, the reply frame back.
+    fn post(
+        &self,
+        node: usize,
+        endpoint: &str,
+        frame: &[u8],
+        auth: bool,
+    ) -> Result<Vec<u8>, Failure> {
+        let url = format!("{}/v1/{endpoint}", self.nodes[node]);
         let mut req = self
             .agent
             .post(&url)
@@ -457,33 +637,81 @@ impl VaultClient {
             let bearer = Zeroizing::new(format!("Bearer {}", self.token.as_str()));
             req = req.header("authorization", bearer.as_str());
         }
-        let mut resp = req.send(frame).map_err(|e| self.transport(e))?;
+        let mut resp = req.send(frame).map_err(|e| self.transport(node, e))?;
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
             .with_config()
             .limit(MAX_ANSWER)
             .read_to_vec()
-            .map_err(|e| self.transport(e))?;
+            // The status came back, so the request arrived: whatever broke
+            // while reading the answer, the vault may have handled it.
+            .map_err(|e| Failure {
+                reach: Reach::MaybeSent,
+                ..self.transport(node, e)
+            })?;
         if status == 200 {
             return Ok(body);
         }
-        Err(self.http_error(status, &body))
+        let error = self.http_error(node, status, &body);
+        Err(Failure {
+            why: format!("HTTP {status}: {error}"),
+            error,
+            reach: if status == 503 {
+                Reach::Unavailable
+            } else {
+                Reach::Answered
+            },
+        })
     }
 
-    fn transport(&self, e: ureq::Error) -> VaultError {
+    fn transport(&self, node: usize, e: ureq::Error) -> Failure {
+        use std::io::ErrorKind;
+        let reach = match &e {
+            ureq::Error::HostNotFound
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::ConnectProxyFailed(_)
+            | ureq::Error::Timeout(ureq::Timeout::Resolve | ureq::Timeout::Connect) => {
+                Reach::NotSent
+            }
+            // What `connect` itself fails with (ureq moves on to the host's
+            // next address on exactly these).
+            ureq::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::HostUnreachable
+                        | ErrorKind::NetworkUnreachable
+                        | ErrorKind::NetworkDown
+                        | ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                Reach::NotSent
+            }
+            // The handshake comes before the request: a node whose
+            // certificate does not verify was sent nothing.
+            ureq::Error::Tls(_) | ureq::Error::Rustls(_) => Reach::NotSent,
+            _ => Reach::MaybeSent,
+        };
         let why = match e {
             ureq::Error::Timeout(t) => format!("timed out ({t})"),
             ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => e.to_string(),
             ureq::Error::Io(io) => io.to_string(),
             other => other.to_string(),
         };
-        VaultError::Transport(format!("cannot reach the vault at {}: {why}", self.base))
+        Failure {
+            error: VaultError::Transport(format!(
+                "cannot reach the vault at {}: {why}",
+                self.nodes[node]
+            )),
+            why,
+            reach,
+        }
     }
 
     /// Maps the host's JSON error body (`{"error", "message", "scope",
     /// "retry_after_ms"}`) to an error.
-    fn http_error(&self, status: u16, body: &[u8]) -> VaultError {
+    fn http_error(&self, node: usize, status: u16, body: &[u8]) -> VaultError {
         let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
         let field = |name: &str| {
             parsed
@@ -495,7 +723,7 @@ impl VaultClient {
         let Some(code) = field("error") else {
             return VaultError::Protocol(format!(
                 "{} answered HTTP {status} without a vault error body: is this the vault's address?",
-                self.base
+                self.nodes[node]
             ));
         };
         let message = field("message").unwrap_or_else(|| code.clone());
@@ -659,15 +887,86 @@ mod tests {
     fn unreachable_vault_names_its_address() {
         // Port 1 on loopback: nothing listens there.
         let c = VaultClient::new(realm("http://127.0.0.1:1"), "t".into()).unwrap();
-        let e = c.post("open", b"x", true).unwrap_err();
+        let f = c.post(0, "open", b"x", true).err().unwrap();
+        assert_eq!(f.reach, Reach::NotSent);
+        let e = f.error;
         assert!(matches!(e, VaultError::Transport(_)), "{e}");
         assert!(e.to_string().contains("http://127.0.0.1:1"), "{e}");
+    }
+
+    fn realm_v2(nodes: &[&str]) -> RealmDescriptor {
+        let r = realm("unused");
+        RealmDescriptor::new_v2(
+            r.realm_id,
+            r.public_key,
+            r.ksf,
+            r.max_attempts_limit,
+            nodes.iter().map(|s| s.to_string()).collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_node_is_tried_once_per_session() {
+        let c = VaultClient::new(
+            realm_v2(&["http://a:1", "http://b:1/", "http://c:1"]),
+            "t".into(),
+        )
+        .unwrap();
+        assert_eq!(c.nodes, ["http://a:1", "http://b:1", "http://c:1"]);
+        let mut starts = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let order = c.node_order();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2], "{order:?}");
+            // Round the list from where it starts.
+            assert!(
+                order.windows(2).all(|w| w[1] == (w[0] + 1) % 3),
+                "{order:?}"
+            );
+            starts.insert(order[0]);
+        }
+        assert_eq!(starts.len(), 3, "random starts");
+        let c = c.with_node_order(NodeOrder::AsListed);
+        assert_eq!(c.node_order(), [0, 1, 2]);
+        // One node: always that one.
+        let one = VaultClient::new(realm("http://a:1"), "t".into()).unwrap();
+        assert_eq!(one.node_order(), [0]);
+    }
+
+    #[test]
+    fn a_hand_built_node_list_is_checked_by_position() {
+        let mut r = realm_v2(&["http://a:1"]);
+        r.address = "http://a:1 ftp://b".into();
+        let e = VaultClient::new(r, "t".into()).unwrap_err();
+        assert!(e.to_string().contains("vault node 2 \"ftp://b\""), "{e}");
+        let mut r = realm_v2(&["http://a:1"]);
+        r.address = String::new();
+        assert!(matches!(
+            VaultClient::new(r, "t".into()),
+            Err(VaultError::Realm(_))
+        ));
+    }
+
+    #[test]
+    fn one_node_failing_keeps_its_own_error() {
+        // Format 1, or a realm of one node: the error is the node's own, as before.
+        let c = VaultClient::new(realm("http://127.0.0.1:1"), "t".into()).unwrap();
+        let e = c.open(&Request::Delete).err().unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("cannot reach the vault at http://127.0.0.1:1: "),
+            "{e}"
+        );
+        assert!(format!("{c:?}").contains("http://127.0.0.1:1"));
     }
 
     #[test]
     fn host_errors_become_structured() {
         let c = VaultClient::new(realm("http://127.0.0.1:1"), "t".into()).unwrap();
         let e = c.http_error(
+            0,
             429,
             br#"{"error":"rate_limited","message":"slow down","scope":"tenant","retry_after_ms":1200}"#,
         );
@@ -676,16 +975,18 @@ mod tests {
             "{e}"
         );
         let e = c.http_error(
+            0,
             401,
             br#"{"error":"unauthorized","message":"token expired"}"#,
         );
         assert!(matches!(&e, VaultError::Unauthorized(m) if m == "token expired"));
         let e = c.http_error(
+            0,
             503,
             br#"{"error":"unavailable","message":"store rolled back"}"#,
         );
         assert!(matches!(e, VaultError::Unavailable(_)));
-        let e = c.http_error(404, b"<html>not found</html>");
+        let e = c.http_error(0, 404, b"<html>not found</html>");
         assert!(matches!(e, VaultError::Protocol(_)));
     }
 }
