@@ -22,8 +22,10 @@
 pub mod anchor;
 pub mod log;
 pub mod merkle;
+pub mod peer;
 mod platform;
 mod record;
+pub mod replica;
 mod secrets;
 mod session;
 #[cfg(any(test, feature = "testing"))]
@@ -163,6 +165,10 @@ pub enum StartState {
     RolledForward,
     /// Store and NVRAM disagree: every request is refused.
     Refusing(String),
+    /// A replicated member whose store is behind its NVRAM: it serves and
+    /// acks nothing until it has fetched its log from a peer
+    /// ([`Core::resync`]).
+    Resyncing(String),
 }
 
 struct Pending {
@@ -213,6 +219,7 @@ pub struct Core<P: Platform> {
     boot_ms: u64,
     pending: Option<Pending>,
     stats: Stats,
+    repl: Option<replica::Replica>,
 }
 
 impl<P: Platform> Core<P> {
@@ -300,6 +307,7 @@ impl<P: Platform> Core<P> {
                 boot_ms,
                 pending: None,
                 stats: Stats::default(),
+                repl: None,
             },
             state,
         ))
@@ -357,39 +365,14 @@ impl<P: Platform> Core<P> {
         if self.pending.is_some() {
             return Err(CoreError::Batch("prepare called twice without commit"));
         }
-        let mut bb = BatchBuckets {
-            given: buckets.into_iter().map(|b| (b.index, b.records)).collect(),
-            open: HashMap::new(),
-            dirty: BTreeMap::new(),
-        };
-        let replies = inputs
-            .into_iter()
-            .map(|input| self.handle(input, &mut bb))
-            .collect();
-        let mut writes = StoreWrites::default();
-        for (b, records) in &bb.dirty {
-            let list: Vec<(&[u8; 32], &[u8])> =
-                records.iter().map(|(k, v)| (k, v.as_slice())).collect();
-            let h = leaf_hash(&list);
-            self.tree.set_leaf(*b, h);
-            writes.leaves.push((*b, h));
+        if self.repl.is_some() {
+            return Err(CoreError::Batch(
+                "a replicated core takes batches through propose, not prepare",
+            ));
         }
+        let (replies, mut writes, _old, changed) = self.run_batch(inputs, buckets);
         let mut new_anchor = None;
-        if !bb.dirty.is_empty() {
-            // Only the records this batch changed go back to the store.
-            for (b, records) in bb.dirty {
-                let original: HashMap<_, _> = bb
-                    .given
-                    .remove(&b)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect();
-                for (id, sealed) in records {
-                    if original.get(&id) != Some(&sealed) {
-                        writes.records.push((id, sealed));
-                    }
-                }
-            }
+        if changed {
             let new = Anchor {
                 generation: self.anchor.generation + 1,
                 root: self.tree.root(),
@@ -402,6 +385,58 @@ impl<P: Platform> Core<P> {
             new_anchor,
         });
         Ok(writes)
+    }
+
+    /// Runs a batch against the buckets the host read: the replies, the
+    /// writes (changed records and new leaves, no marker), the old leaf of
+    /// every bucket changed (to revert the tree), and whether anything
+    /// changed. The tree is updated.
+    #[allow(clippy::type_complexity)]
+    fn run_batch(
+        &mut self,
+        inputs: Vec<Input>,
+        buckets: Vec<Bucket>,
+    ) -> (
+        Vec<Result<Vec<u8>, CoreError>>,
+        StoreWrites,
+        Vec<(u16, [u8; 32])>,
+        bool,
+    ) {
+        let mut bb = BatchBuckets {
+            given: buckets.into_iter().map(|b| (b.index, b.records)).collect(),
+            open: HashMap::new(),
+            dirty: BTreeMap::new(),
+        };
+        let replies = inputs
+            .into_iter()
+            .map(|input| self.handle(input, &mut bb))
+            .collect();
+        let mut writes = StoreWrites::default();
+        let mut old = Vec::new();
+        for (b, records) in &bb.dirty {
+            let list: Vec<(&[u8; 32], &[u8])> =
+                records.iter().map(|(k, v)| (k, v.as_slice())).collect();
+            let h = leaf_hash(&list);
+            old.push((*b, self.tree.leaf(*b)));
+            self.tree.set_leaf(*b, h);
+            writes.leaves.push((*b, h));
+        }
+        let changed = !bb.dirty.is_empty();
+        // Only the records this batch changed go back to the store.
+        for (b, records) in bb.dirty {
+            let original: HashMap<_, _> = bb
+                .given
+                .remove(&b)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            for (id, sealed) in records {
+                if original.get(&id) != Some(&sealed) {
+                    writes.records.push((id, sealed));
+                }
+            }
+        }
+        (replies, writes, old, changed)
     }
 
     /// Step 2, after the host committed the writes: NVRAM, then the replies

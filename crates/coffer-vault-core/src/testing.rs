@@ -1,6 +1,8 @@
 //! An in-memory platform and record store: drives the core the way the
 //! daemon does, for tests, fuzzing and simulation (feature `testing`).
 
+pub mod group;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -224,6 +226,23 @@ impl MemRealm {
     }
 }
 
+/// Something a [`TestClient`] can talk to: one core or a replicated group.
+pub trait Vault {
+    /// The vault's clock.
+    fn now_ms(&self) -> u64;
+    /// Runs one frame and returns its reply.
+    fn one(&mut self, input: Input) -> Result<Vec<u8>, CoreError>;
+}
+
+impl Vault for MemRealm {
+    fn now_ms(&self) -> u64 {
+        self.platform.now_ms()
+    }
+    fn one(&mut self, input: Input) -> Result<Vec<u8>, CoreError> {
+        MemRealm::one(self, input)
+    }
+}
+
 /// What a test client saw at the end of a flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -266,7 +285,7 @@ impl TestClient {
 
     fn open(
         &mut self,
-        vault: &mut MemRealm,
+        vault: &mut impl Vault,
         record: RecordId,
         req: &coffer_vault_proto::Request,
     ) -> Result<
@@ -276,7 +295,7 @@ impl TestClient {
         ),
         String,
     > {
-        let now = vault.platform.now_ms();
+        let now = vault.now_ms();
         let (mut ch, frame) =
             coffer_vault_proto::ClientChannel::open(&self.realm, req, now, &mut self.rng)
                 .map_err(|e| e.to_string())?;
@@ -289,13 +308,11 @@ impl TestClient {
 
     fn send(
         &mut self,
-        vault: &mut MemRealm,
+        vault: &mut impl Vault,
         ch: &mut coffer_vault_proto::ClientChannel,
         req: &coffer_vault_proto::Request,
     ) -> Result<coffer_vault_proto::Response, String> {
-        let frame = ch
-            .send(req, vault.platform.now_ms())
-            .map_err(|e| e.to_string())?;
+        let frame = ch.send(req, vault.now_ms()).map_err(|e| e.to_string())?;
         let reply = vault
             .one(Input::Data { frame })
             .map_err(|e| e.to_string())?;
@@ -306,7 +323,7 @@ impl TestClient {
     /// tests that send messages a real client would not.
     pub fn request(
         &mut self,
-        vault: &mut MemRealm,
+        vault: &mut impl Vault,
         record: RecordId,
         req: &coffer_vault_proto::Request,
     ) -> Result<coffer_vault_proto::Response, String> {
@@ -316,7 +333,7 @@ impl TestClient {
     /// Registers `k` under `password`.
     pub fn register(
         &mut self,
-        vault: &mut MemRealm,
+        vault: &mut impl Vault,
         record: RecordId,
         password: &[u8],
         k: &[u8; 32],
@@ -346,7 +363,7 @@ impl TestClient {
     /// follow-up requests (password change, delete) when `keep` is given.
     pub fn login_keep(
         &mut self,
-        vault: &mut MemRealm,
+        vault: &mut impl Vault,
         record: RecordId,
         password: &[u8],
     ) -> Result<(Outcome, Option<KeptSession>), String> {
@@ -372,7 +389,7 @@ impl TestClient {
     /// Logs in.
     pub fn login(
         &mut self,
-        vault: &mut MemRealm,
+        vault: &mut impl Vault,
         record: RecordId,
         password: &[u8],
     ) -> Result<Outcome, String> {
@@ -382,7 +399,7 @@ impl TestClient {
     /// Sends KE1 only (an abandoned login); returns the answer.
     pub fn login_abandon(
         &mut self,
-        vault: &mut MemRealm,
+        vault: &mut impl Vault,
         record: RecordId,
         password: &[u8],
     ) -> Result<Outcome, String> {
@@ -403,7 +420,7 @@ impl TestClient {
     /// After a successful `login_keep`: re-register `k` under a new password in the same session.
     pub fn change_password(
         &mut self,
-        vault: &mut MemRealm,
+        vault: &mut impl Vault,
         ch: &mut coffer_vault_proto::ClientChannel,
         new_password: &[u8],
         k: &[u8; 32],
@@ -426,7 +443,7 @@ impl TestClient {
     /// After a successful `login_keep`: delete the record.
     pub fn delete(
         &mut self,
-        vault: &mut MemRealm,
+        vault: &mut impl Vault,
         ch: &mut coffer_vault_proto::ClientChannel,
     ) -> Result<Outcome, String> {
         let resp = self.send(vault, ch, &coffer_vault_proto::Request::Delete)?;
