@@ -5,6 +5,11 @@
 //! - `POST /v1/send`  body = data frame → reply frame
 //! - `GET  /v1/realm` the realm descriptor
 //! - `GET  /healthz`, `GET /metrics`
+//! - `POST /v1/peer`  a replicated realm's host-to-host messages (`peer.rs`)
+//!
+//! In a replicated realm a node that does not lead forwards `open` and
+//! `send` to the leader (once: the header `x-coffer-forwarded` stops loops)
+//! and relays its answer.
 //!
 //! Errors: JSON `{"error": code, "message": text}` plus `scope` and
 //! `retry_after_ms` for `rate_limited`.
@@ -32,6 +37,11 @@ use crate::tenants::{Tenants, TokenError};
 pub struct AppState {
     /// The engine's queue.
     pub engine: mpsc::Sender<Job>,
+    /// A replicated member's event loop (peer messages).
+    pub peer: Option<crossbeam_channel::Sender<crate::replication::Event>>,
+    /// A replicated member's view of the leader (client frames are
+    /// forwarded to it).
+    pub leader: Option<Arc<std::sync::Mutex<crate::replication::LeaderView>>>,
     /// Tenants and their keys.
     pub tenants: Tenants,
     /// Rate limits.
@@ -71,6 +81,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/open", post(open))
         .route("/v1/send", post(send))
         .route("/v1/realm", get(realm))
+        .route(
+            "/v1/peer",
+            post(peer).layer(DefaultBodyLimit::max(crate::peer::MAX_MESSAGE)),
+        )
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_FRAME_LEN))
@@ -117,7 +131,114 @@ async fn open(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
     resp
 }
 
+/// The leader's URL when this node is a follower that knows it.
+fn forward_to(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    if headers.contains_key(FORWARDED) {
+        return None;
+    }
+    let view = state.leader.as_ref()?.lock().ok()?.clone();
+    if view.me {
+        return None;
+    }
+    view.url
+}
+
+const FORWARDED: &str = "x-coffer-forwarded";
+
+/// Relays a client request to the leader and its answer back.
+async fn forward(url: String, path: &'static str, headers: &HeaderMap, body: Bytes) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let endpoint = format!("{}{path}", url.trim_end_matches('/'));
+    let res = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(std::time::Duration::from_millis(500)))
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = agent
+            .post(&endpoint)
+            .header(FORWARDED, "1")
+            .header("content-type", "application/octet-stream");
+        if let Some(a) = auth {
+            req = req.header("authorization", &a);
+        }
+        let mut r = req.send(&body[..])?;
+        let status = r.status().as_u16();
+        let ctype = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let bytes = r
+            .body_mut()
+            .with_config()
+            .limit(MAX_FRAME_LEN as u64 * 4)
+            .read_to_vec()?;
+        Ok::<_, ureq::Error>((status, ctype, bytes))
+    })
+    .await;
+    match res {
+        Ok(Ok((status, ctype, bytes))) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            [(header::CONTENT_TYPE, ctype)],
+            bytes,
+        )
+            .into_response(),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the leader did not answer; retry (another node may take over)".into(),
+        ),
+    }
+}
+
+async fn peer(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let Some(events) = &state.peer else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_replicated",
+            "this vault is a single node".into(),
+        );
+    };
+    let msg = match crate::peer::PeerMsg::decode(&body) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_peer_message", e.to_string()),
+    };
+    let (tx, rx) = oneshot::channel();
+    if events
+        .try_send(crate::replication::Event::Peer(msg, tx))
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "busy".into(),
+        );
+    }
+    match rx.await {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the vault core stopped".into(),
+        ),
+    }
+}
+
 async fn open_inner(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response {
+    if let Some(url) = forward_to(state, headers) {
+        return forward(url, "/v1/open", headers, body).await;
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -184,7 +305,12 @@ async fn open_inner(state: &AppState, headers: &HeaderMap, body: Bytes) -> Respo
     .await
 }
 
-async fn send(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(url) = forward_to(&state, &headers) {
+        let resp = forward(url, "/v1/send", &headers, body).await;
+        state.metrics.request("send", resp.status().as_u16());
+        return resp;
+    }
     let resp = match check_frame(&body, FrameKind::Data) {
         Err(m) => error(StatusCode::BAD_REQUEST, "bad_frame", m),
         Ok(()) => {

@@ -48,6 +48,9 @@ enum Command {
         #[command(flatten)]
         custody: CustodyArgs,
     },
+    /// Replicated realms.
+    #[command(subcommand)]
+    Realm(RealmCommand),
     /// Serve the HTTP API.
     Serve {
         /// Data directory.
@@ -112,6 +115,34 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum RealmCommand {
+    /// Create a realm of several nodes: <out>/node-i/ (data, NVRAM) per node and <out>/realm.json.
+    New {
+        /// Output directory (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// A node's URL (repeat: 3 or 5 nodes; node 1 first). Run node i with
+        /// `serve --data <out>/node-i --nvram <out>/node-i/nvram --listen <its address>`.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        /// Highest guess limit a registration may ask for.
+        #[arg(long, default_value_t = 10)]
+        max_attempts_limit: u8,
+        /// Argon2id memory (KiB) clients pin for the OPAQUE key-stretching function.
+        #[arg(long, default_value_t = 65536)]
+        ksf_memory_kib: u32,
+        /// Argon2id passes.
+        #[arg(long, default_value_t = 3)]
+        ksf_iterations: u32,
+        /// Argon2id lanes.
+        #[arg(long, default_value_t = 1)]
+        ksf_parallelism: u32,
+        #[command(flatten)]
+        custody: CustodyArgs,
+    },
+}
+
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_VAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -159,6 +190,44 @@ fn run(args: Args) -> anyhow::Result<()> {
                 coffer_vault::custody::describe(&custody),
                 data.join(realm::REALM_FILE).display()
             );
+            Ok(())
+        }
+        Command::Realm(RealmCommand::New {
+            out,
+            nodes,
+            max_attempts_limit,
+            ksf_memory_kib,
+            ksf_iterations,
+            ksf_parallelism,
+            custody,
+        }) => {
+            let desc = realm::realm_new(&realm::RealmNewOptions {
+                out: out.clone(),
+                nodes: nodes.clone(),
+                max_attempts_limit,
+                ksf: KsfParams {
+                    memory_kib: ksf_memory_kib,
+                    iterations: ksf_iterations,
+                    parallelism: ksf_parallelism,
+                    ..KsfParams::default()
+                },
+                custody: custody.clone(),
+            })?;
+            println!(
+                "Created realm {} with {} nodes ({}).",
+                hex::encode(desc.realm_id),
+                nodes.len(),
+                coffer_vault::custody::describe(&custody)
+            );
+            for (i, url) in nodes.iter().enumerate() {
+                let i = i + 1;
+                println!(
+                    "  node {i}: coffer-vault serve --data {d} --nvram {n} --listen <address of {url}>",
+                    d = out.join(format!("node-{i}")).display(),
+                    n = realm::node_nvram(&out, i).display(),
+                );
+            }
+            println!("Clients pin {}.", out.join(realm::REALM_FILE).display());
             Ok(())
         }
         Command::Serve {

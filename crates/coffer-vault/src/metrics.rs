@@ -33,6 +33,12 @@ pub struct Metrics {
     pub sessions: AtomicU64,
     /// NVRAM generation after the last batch.
     pub generation: AtomicU64,
+    /// Replicated realm: 1 while this node leads.
+    pub realm_leading: AtomicU64,
+    /// Replicated realm: the promised epoch.
+    pub realm_epoch: AtomicU64,
+    /// Replicated realm: the last accepted log index.
+    pub realm_log_index: AtomicU64,
     /// Why the core refuses (None: serving).
     pub refusing: Mutex<Option<String>>,
 }
@@ -149,7 +155,22 @@ impl Metrics {
             "coffer_vault_rate_limited_total{{scope=\"tenant\"}} {}",
             self.rate_limited_tenant.load(Ordering::Relaxed)
         );
-        let gauges: [(&str, &str, u64); 3] = [
+        let gauges: [(&str, &str, u64); 6] = [
+            (
+                "realm_leading",
+                "Replicated realm: 1 while this node leads its group.",
+                self.realm_leading.load(Ordering::Relaxed),
+            ),
+            (
+                "realm_epoch",
+                "Replicated realm: the epoch this node's core promised.",
+                self.realm_epoch.load(Ordering::Relaxed),
+            ),
+            (
+                "realm_log_index",
+                "Replicated realm: the last log entry this node's core accepted.",
+                self.realm_log_index.load(Ordering::Relaxed),
+            ),
             (
                 "sessions",
                 "Open sessions in the core.",
@@ -157,7 +178,7 @@ impl Metrics {
             ),
             (
                 "nvram_generation",
-                "NVRAM anchor generation.",
+                "NVRAM anchor generation (replicated realm: the applied log index).",
                 self.generation.load(Ordering::Relaxed),
             ),
             (

@@ -8,11 +8,22 @@ use std::path::{Path, PathBuf};
 
 use coffer_vault_core::{Platform, PlatformError};
 
-/// Bytes per NVRAM slot.
+/// Bytes per NVRAM slot of a single-node vault (45-byte anchor).
 const SLOT: usize = 128;
-/// Largest NVRAM content a slot holds.
-const MAX_DATA: usize = 96 - 14;
+/// Bytes per NVRAM slot of a replicated member (NVRAM v2, up to 1,191 bytes).
+const BIG_SLOT: usize = 2048;
+/// Largest NVRAM content a big slot holds.
+const MAX_DATA: usize = BIG_SLOT - 32 - 14;
 const MAGIC: &[u8; 4] = b"CVNS";
+
+/// Slot size for a file of `len` bytes (two slots), or for new contents.
+fn slot_size(len: usize) -> usize {
+    if len == 2 * BIG_SLOT {
+        BIG_SLOT
+    } else {
+        SLOT
+    }
+}
 
 /// NVRAM in a file of two fixed slots, written in place: each write goes to
 /// the slot not holding the current contents (`pwrite`, then `fdatasync`),
@@ -20,8 +31,12 @@ const MAGIC: &[u8; 4] = b"CVNS";
 /// directory sync is needed after the file exists.
 ///
 /// ```text
-/// slot = "CVNS" | sequence:u64 | len:u16 | data[len], zero padded to 96 bytes | SHA-256(first 96 bytes)
+/// slot = "CVNS" | sequence:u64 | len:u16 | data[len], zero padded to S-32 bytes | SHA-256(first S-32 bytes)
 /// ```
+///
+/// The slot size S is 128 bytes for a single-node vault's anchor and 2,048
+/// for a replicated member's NVRAM (chosen when the file is created, from
+/// the first contents; read back from the file's length).
 ///
 /// Reading takes the valid slot with the higher sequence. An operator who
 /// restores an old copy of the store but not this file is detected; one who
@@ -31,6 +46,7 @@ pub struct FilePlatform {
     path: PathBuf,
     file: Option<File>,
     seq: Cell<u64>,
+    size: Cell<usize>,
 }
 
 impl FilePlatform {
@@ -40,6 +56,7 @@ impl FilePlatform {
             path: nvram.to_path_buf(),
             file: None,
             seq: Cell::new(0),
+            size: Cell::new(0),
         }
     }
 
@@ -48,31 +65,33 @@ impl FilePlatform {
     }
 }
 
-fn parse_slot(slot: &[u8]) -> Option<(u64, Vec<u8>)> {
-    if slot.len() != SLOT || &slot[..4] != MAGIC {
+fn parse_slot(slot: &[u8], size: usize) -> Option<(u64, Vec<u8>)> {
+    if slot.len() != size || &slot[..4] != MAGIC {
         return None;
     }
-    let sum = ring::digest::digest(&ring::digest::SHA256, &slot[..96]);
-    if sum.as_ref() != &slot[96..] {
+    let body = size - 32;
+    let sum = ring::digest::digest(&ring::digest::SHA256, &slot[..body]);
+    if sum.as_ref() != &slot[body..] {
         return None;
     }
     let mut s = [0u8; 8];
     s.copy_from_slice(&slot[4..12]);
     let len = usize::from(u16::from_be_bytes([slot[12], slot[13]]));
-    if len > MAX_DATA {
+    if len > body - 14 {
         return None;
     }
     Some((u64::from_be_bytes(s), slot[14..14 + len].to_vec()))
 }
 
-fn make_slot(seq: u64, data: &[u8]) -> [u8; SLOT] {
-    let mut slot = [0u8; SLOT];
+fn make_slot(seq: u64, data: &[u8], size: usize) -> Vec<u8> {
+    let body = size - 32;
+    let mut slot = vec![0u8; size];
     slot[..4].copy_from_slice(MAGIC);
     slot[4..12].copy_from_slice(&seq.to_be_bytes());
     slot[12..14].copy_from_slice(&(data.len() as u16).to_be_bytes());
     slot[14..14 + data.len()].copy_from_slice(data);
-    let sum = ring::digest::digest(&ring::digest::SHA256, &slot[..96]);
-    slot[96..].copy_from_slice(sum.as_ref());
+    let sum = ring::digest::digest(&ring::digest::SHA256, &slot[..body]);
+    slot[body..].copy_from_slice(sum.as_ref());
     slot
 }
 
@@ -99,14 +118,16 @@ impl Platform for FilePlatform {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.err("read", e)),
         };
+        let size = slot_size(bytes.len());
         let best = bytes
-            .chunks(SLOT)
+            .chunks(size)
             .take(2)
-            .filter_map(parse_slot)
+            .filter_map(|c| parse_slot(c, size))
             .max_by_key(|(seq, _)| *seq);
         match best {
             Some((seq, data)) => {
                 self.seq.set(seq);
+                self.size.set(size);
                 Ok(Some(data))
             }
             None => Err(self.err(
@@ -133,7 +154,13 @@ impl Platform for FilePlatform {
                 .open(&self.path)
                 .map_err(|e| self.err("open", e))?;
             if !existed {
-                f.set_len(2 * SLOT as u64)
+                let size = if data.len() <= SLOT - 32 - 14 {
+                    SLOT
+                } else {
+                    BIG_SLOT
+                };
+                self.size.set(size);
+                f.set_len(2 * size as u64)
                     .map_err(|e| self.err("size", e))?;
                 f.sync_all().map_err(|e| self.err("fsync", e))?;
                 let dir = self
@@ -147,9 +174,16 @@ impl Platform for FilePlatform {
             }
             self.file = Some(f);
         }
+        let size = self.size.get();
+        if data.len() > size - 32 - 14 {
+            return Err(self.err(
+                "write",
+                format!("{} bytes do not fit this file's slots", data.len()),
+            ));
+        }
         let seq = self.seq.get() + 1;
-        let slot = make_slot(seq, data);
-        let offset = (seq % 2) * SLOT as u64;
+        let slot = make_slot(seq, data, size);
+        let offset = (seq % 2) * size as u64;
         let f = self
             .file
             .as_ref()

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
+use coffer_vault_core::log::NodeId;
+use coffer_vault_core::replica::MemberStore;
 use coffer_vault_core::{Core, RealmConfig, StartState};
 use coffer_vault_proto::realm::REALM_FORMAT;
 use coffer_vault_proto::{KsfParams, RealmDescriptor};
@@ -19,7 +21,7 @@ use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::platform::FilePlatform;
 use crate::ratelimit::{Limits, RateLimiter};
-use crate::store::Store;
+use crate::store::{LogItem, Store};
 use crate::tenants::Tenants;
 
 /// The descriptor file.
@@ -89,6 +91,172 @@ pub fn init(o: &InitOptions) -> anyhow::Result<RealmDescriptor> {
     Ok(desc)
 }
 
+/// What `realm new` needs.
+pub struct RealmNewOptions {
+    /// Output directory (created): `node-i/` per node and `realm.json`.
+    pub out: PathBuf,
+    /// The nodes' URLs, node 1 first.
+    pub nodes: Vec<String>,
+    /// Highest guess limit a registration may ask for.
+    pub max_attempts_limit: u8,
+    /// KSF the clients will pin.
+    pub ksf: KsfParams,
+    /// Where the master secret lives.
+    pub custody: CustodyArgs,
+}
+
+/// The NVRAM file of node `i` under `realm new`'s output.
+pub fn node_nvram(out: &Path, i: usize) -> PathBuf {
+    out.join(format!("node-{i}")).join("nvram")
+}
+
+/// `realm new`: one realm of N nodes in one group (ADR 0011, 0013). Every
+/// node gets its data directory with the descriptor, the shared tenants
+/// file (a symlink to `<out>/tenants.json`), a store holding the genesis
+/// entry, a copy of the master secret's custody file, and its NVRAM.
+pub fn realm_new(o: &RealmNewOptions) -> anyhow::Result<RealmDescriptor> {
+    o.ksf.argon2().context("the KSF parameters")?;
+    if o.max_attempts_limit == 0 {
+        bail!("--max-attempts-limit must be at least 1");
+    }
+    let n = o.nodes.len();
+    if !(1..=coffer_vault_core::log::MAX_MEMBERS).contains(&n) {
+        bail!(
+            "a realm has 1 to {} nodes (3 or 5 for a majority that survives a lost site); got {n}",
+            coffer_vault_core::log::MAX_MEMBERS
+        );
+    }
+    if o.out.join(REALM_FILE).exists() {
+        bail!(
+            "{} already holds a realm (realm.json exists); refusing to overwrite it",
+            o.out.display()
+        );
+    }
+    for i in 1..=n {
+        let dir = o.out.join(format!("node-{i}"));
+        if dir.exists() {
+            bail!("{} already exists; refusing to overwrite it", dir.display());
+        }
+    }
+    std::fs::create_dir_all(&o.out)
+        .with_context(|| format!("cannot create {}", o.out.display()))?;
+    let mut realm_id = [0u8; 16];
+    getrandom::fill(&mut realm_id).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let config = RealmConfig {
+        realm_id,
+        max_attempts_limit: o.max_attempts_limit,
+    };
+    let members: Vec<NodeId> = (1..=n as NodeId).collect();
+    let dir1 = o.out.join("node-1");
+    let master = custody::create_master(&o.custody, &dir1)?;
+    let group = Core::init_group(
+        FilePlatform::new(&node_nvram(&o.out, 1)),
+        master.expose_secret(),
+        config.clone(),
+        1,
+        &members,
+    )?;
+    let desc = RealmDescriptor::new_v2(
+        realm_id,
+        group.created.public_key,
+        o.ksf,
+        o.max_attempts_limit,
+        o.nodes.clone(),
+    )?;
+    let genesis = LogItem {
+        entry: group.genesis.clone(),
+        mac: group.genesis_mac,
+        body: coffer_vault_core::Body::empty().encode(),
+    };
+    let tenants = o.out.join(crate::tenants::TENANTS_FILE);
+    if !tenants.exists() {
+        // Tenants' HS256 secrets live here: owner-only from the start.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tenants)
+            .and_then(|mut f| f.write_all(b"{\"tenants\": {}}\n"))
+            .with_context(|| format!("cannot write {}", tenants.display()))?;
+    }
+    for i in 1..=n {
+        let dir = o.out.join(format!("node-{i}"));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        if i > 1 {
+            for name in [custody::SOFTWARE_KEY_FILE, custody::PKCS11_BLOB_FILE] {
+                let src = dir1.join(name);
+                if src.exists() {
+                    std::fs::copy(&src, dir.join(name))
+                        .with_context(|| format!("cannot copy {}", src.display()))?;
+                }
+            }
+            Core::join_group(
+                FilePlatform::new(&node_nvram(&o.out, i)),
+                master.expose_secret(),
+                &config,
+                i as NodeId,
+                &group.genesis,
+                &group.genesis_mac,
+            )?;
+        }
+        Store::create_member(&dir.join(STORE_FILE), &group.created.sealed_setup, &genesis)?;
+        std::os::unix::fs::symlink(
+            Path::new("..").join(crate::tenants::TENANTS_FILE),
+            dir.join(crate::tenants::TENANTS_FILE),
+        )
+        .with_context(|| format!("cannot link the tenants file into {}", dir.display()))?;
+        let path = dir.join(REALM_FILE);
+        std::fs::write(&path, desc.to_json() + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let path = o.out.join(REALM_FILE);
+    std::fs::write(&path, desc.to_json() + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(desc)
+}
+
+/// Starts a replicated member's core over its store.
+fn start_member(
+    o: &ServeOptions,
+    desc: &RealmDescriptor,
+    store: &Store,
+    master: &custody::MasterSecret,
+) -> anyhow::Result<(Core<FilePlatform>, StartState)> {
+    let config = RealmConfig {
+        realm_id: desc.realm_id,
+        max_attempts_limit: desc.max_attempts_limit,
+    };
+    let applied = store.applied()?;
+    let last = store.log_last()?;
+    let genesis = store
+        .log_range(1, 1)?
+        .into_iter()
+        .next()
+        .context("the store has no genesis entry")?;
+    let log = store.log_range(applied, last)?;
+    let setup = store.setup()?;
+    Ok(Core::start_member(
+        FilePlatform::new(&o.nvram),
+        master.expose_secret(),
+        config,
+        MemberStore {
+            sealed_setup: &setup,
+            leaves: store.leaves()?,
+            genesis: (genesis.entry, genesis.mac),
+            log: log.into_iter().map(|i| (i.entry, i.mac)).collect(),
+        },
+    )?)
+}
+
 /// Reads a data directory's descriptor.
 pub fn descriptor(data: &Path) -> anyhow::Result<RealmDescriptor> {
     let path = data.join(REALM_FILE);
@@ -124,15 +292,20 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         realm_id: desc.realm_id,
         max_attempts_limit: desc.max_attempts_limit,
     };
-    let marker = store.marker()?;
-    let (core, state) = Core::start(
-        FilePlatform::new(&o.nvram),
-        master.expose_secret(),
-        config,
-        &store.setup()?,
-        store.leaves()?,
-        marker.as_deref(),
-    )?;
+    let member = store.is_member()?;
+    let (core, state) = if member {
+        start_member(&o, &desc, &store, &master)?
+    } else {
+        let marker = store.marker()?;
+        Core::start(
+            FilePlatform::new(&o.nvram),
+            master.expose_secret(),
+            config,
+            &store.setup()?,
+            store.leaves()?,
+            marker.as_deref(),
+        )?
+    };
     drop(master);
     if core.public_key() != desc.public_key {
         bail!("realm.json's public key does not match this realm's master secret (wrong custody or edited realm.json)");
@@ -143,12 +316,45 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
             "the store was one batch ahead of NVRAM (a crash mid-commit); NVRAM rolled forward"
         ),
         StartState::Refusing(why) => tracing::error!(reason = %why, "REFUSING TO SERVE"),
+        StartState::Resyncing(why) => tracing::warn!(reason = %why, "resynchronising"),
     }
     let records = store.record_count()?;
     let metrics = Arc::new(Metrics::default());
-    let engine = crate::engine::spawn(core, store, metrics.clone())?;
+    let (engine, peer, leader) = if member {
+        let nodes = desc.nodes();
+        let urls = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, u)| ((i + 1) as NodeId, u.clone()))
+            .collect();
+        let view = Arc::new(std::sync::Mutex::new(
+            crate::replication::LeaderView::default(),
+        ));
+        let events = crate::replication::spawn(core, store, urls, view.clone(), metrics.clone())?;
+        // Client jobs reach the member's event loop through one bridge.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::engine::Job>(crate::engine::QUEUE);
+        let ev = events.clone();
+        std::thread::Builder::new()
+            .name("vault-bridge".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    if ev.send(crate::replication::Event::Client(job)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        (tx, Some(events), Some(view))
+    } else {
+        (
+            crate::engine::spawn(core, store, metrics.clone())?,
+            None,
+            None,
+        )
+    };
     let state = Arc::new(AppState {
         engine,
+        peer,
+        leader,
         tenants: Tenants::open(&o.data)?,
         limits: RateLimiter::new(o.limits),
         metrics,
