@@ -12,7 +12,8 @@
 //!   tag 1 Append:  n u32 | (item_len u32 | item)*n | cert_len u16 | cert
 //!                  (item = store::LogItem bytes; an empty list is a heartbeat)
 //!   tag 2 Poll:    nothing
-//!   tag 3 VoteReq: nothing (the epoch is the candidate's)
+//!   tag 3 VoteReq: request[105] (the candidate core's signed slot, promising
+//!                  its epoch; the message's epoch is that epoch)
 //! reply   = status | ack_flag u8 | ack[105]? | cert_len u16 | cert
 //! status  = node u8 | promised u64 | last_epoch u64 | index u64 | mac[32]
 //!           | applied u64 | ready u8 | leader u8 (0: none known)
@@ -108,6 +109,8 @@ pub enum PeerMsg {
         from: NodeId,
         /// The candidate's epoch.
         epoch: u64,
+        /// The candidate core's signed slot (`Core::vote` checks it).
+        request: Ack,
     },
 }
 
@@ -216,10 +219,15 @@ impl PeerMsg {
                 out.push(*from);
                 out.extend_from_slice(&0u64.to_be_bytes());
             }
-            PeerMsg::VoteReq { from, epoch } => {
+            PeerMsg::VoteReq {
+                from,
+                epoch,
+                request,
+            } => {
                 out.push(3);
                 out.push(*from);
                 out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(&request.encode());
             }
         }
         out
@@ -264,7 +272,12 @@ impl PeerMsg {
                 }
             }
             2 => PeerMsg::Poll { from },
-            3 => PeerMsg::VoteReq { from, epoch },
+            3 => PeerMsg::VoteReq {
+                from,
+                epoch,
+                request: Ack::decode(r.take(ACK_LEN)?)
+                    .map_err(|_| PeerError("bad vote request"))?,
+            },
             _ => return Err(PeerError("unknown message")),
         };
         r.done()?;

@@ -698,9 +698,26 @@ impl<P: Platform> Core<P> {
         self.ack_now()
     }
 
-    /// Votes for `epoch`: promises it in NVRAM, then signs the slot.
-    pub fn vote(&mut self, epoch: u64) -> Result<Ack, ReplicaError> {
+    /// Votes for a candidate: `request` is the candidate core's own signed
+    /// slot after [`Core::start_election`] (its ack promising its new
+    /// epoch). Only a core that stood for that epoch can make one, so a
+    /// host cannot make members promise an epoch nobody stands for (say, the
+    /// last one, which would end all elections). Promises the epoch in
+    /// NVRAM, then signs this core's slot: the vote.
+    pub fn vote(&mut self, request: &Ack) -> Result<Ack, ReplicaError> {
         self.usable()?;
+        let r = self.repl()?;
+        if !request.verify(self.secrets.ack_key(), &self.config.realm_id)
+            || request.group != r.group
+            || !r.members.contains(request.node)
+            || crate::log::epoch_node(request.epoch) != request.node
+            || request.node == r.node
+        {
+            return Err(ReplicaError::State(
+                "not a vote request from a candidate core of this group",
+            ));
+        }
+        let epoch = request.epoch;
         let mut slot = self.slot()?;
         slot.promise(epoch)?;
         self.supersede(epoch);

@@ -135,8 +135,9 @@ fn a_rolled_back_store_resyncs_and_never_refunds() {
     let state = g.restart(2).unwrap();
     assert!(matches!(state, StartState::Resyncing(_)), "{state:?}");
     // Resyncing: it votes and acks nothing.
+    let req = g.members[0].core.current_ack().unwrap();
     assert_eq!(
-        g.members[2].core.vote(u64::MAX >> 1).err(),
+        g.members[2].core.vote(&req).err(),
         Some(ReplicaError::NotReady)
     );
     // The leader's log brings it back; then it and member 2 carry on alone.
@@ -313,4 +314,29 @@ fn a_leader_with_a_batch_in_flight_takes_its_successors_log() {
     assert_eq!(applied(&g, 0), applied(&g, 1));
     assert_eq!(g.members[0].store, g.members[1].store);
     assert_eq!(g.members[0].core.tree_root(), g.members[1].core.tree_root());
+}
+
+#[test]
+fn only_a_candidate_core_can_ask_for_a_vote() {
+    let (mut g, _) = group(3);
+    let before = g.members[2].core.replica_status().unwrap().promised;
+    // A member's own ack (a vote it gave, or its slot) is not a request for
+    // its epoch unless its core stood for that epoch.
+    let ack1 = g.members[1].core.current_ack().unwrap();
+    assert!(g.members[2].core.vote(&ack1).is_err(), "a follower's ack");
+    // The leader's current ack names the leader's epoch, which it stood
+    // for; but a forged higher epoch (say the last one) does not verify.
+    let mut forged = g.members[0].core.current_ack().unwrap();
+    forged.epoch = (u64::MAX >> 8) << 8 | 1;
+    assert!(g.members[2].core.vote(&forged).is_err(), "a forged epoch");
+    assert_eq!(
+        g.members[2].core.replica_status().unwrap().promised,
+        before,
+        "nothing promised"
+    );
+    // A real candidacy gets the vote.
+    g.members[1].core.start_election().unwrap();
+    let req = g.members[1].core.current_ack().unwrap();
+    let vote = g.members[2].core.vote(&req).unwrap();
+    assert_eq!(vote.epoch, req.epoch);
 }

@@ -341,7 +341,7 @@ impl Member {
                         cert,
                     } => self.on_append(from, epoch, items, cert),
                     PeerMsg::Poll { .. } => self.reply(None),
-                    PeerMsg::VoteReq { from, epoch } => self.on_vote_req(from, epoch),
+                    PeerMsg::VoteReq { from, request, .. } => self.on_vote_req(from, &request),
                 };
                 let _ = reply.send(bytes);
             }
@@ -563,14 +563,15 @@ impl Member {
         }
     }
 
-    fn on_vote_req(&mut self, from: NodeId, epoch: u64) -> Vec<u8> {
+    fn on_vote_req(&mut self, from: NodeId, request: &Ack) -> Vec<u8> {
+        let epoch = request.epoch;
         let quiet = self.last_heard.elapsed() > TICK * MISSED;
         let follower = matches!(self.role, HostRole::Follower);
         if self.is_leader() || (!quiet && follower && self.leader.is_some()) {
             return self.reply(None);
         }
         let was_leader = self.is_leader();
-        match self.core.vote(epoch) {
+        match self.core.vote(request) {
             Ok(v) => {
                 if was_leader {
                     self.stepped_down("voted for a later epoch");
@@ -844,6 +845,9 @@ impl Member {
         }
         match self.core.start_election() {
             Ok(epoch) => {
+                let Ok(request) = self.core.current_ack() else {
+                    return;
+                };
                 self.role = HostRole::Candidate {
                     epoch,
                     started: Instant::now(),
@@ -852,6 +856,7 @@ impl Member {
                 self.broadcast(&PeerMsg::VoteReq {
                     from: self.me,
                     epoch,
+                    request,
                 });
                 self.try_win();
             }

@@ -166,14 +166,18 @@ impl MemGroup {
     /// Member `i` stands; every up member is asked for its vote; with a
     /// majority it leads and its `leader` entry is sent to the up members.
     pub fn elect(&mut self, i: usize) -> Result<(), String> {
-        let epoch = self.members[i]
+        self.members[i]
             .core
             .start_election()
+            .map_err(|e| e.to_string())?;
+        let request = self.members[i]
+            .core
+            .current_ack()
             .map_err(|e| e.to_string())?;
         let mut votes = Vec::new();
         for j in 0..self.members.len() {
             if j != i && self.members[j].up {
-                if let Ok(v) = self.members[j].core.vote(epoch) {
+                if let Ok(v) = self.members[j].core.vote(&request) {
                     votes.push(v);
                 }
             }
