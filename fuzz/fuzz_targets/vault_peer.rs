@@ -10,16 +10,17 @@ use coffer_vault_core::peer::{LogItem, PeerMsg, PeerReply, MAX_ITEMS};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(m) = PeerMsg::decode(data) {
+    if let Ok((group, m)) = PeerMsg::decode(data) {
         if let PeerMsg::Append { items, .. } = &m {
             assert!(items.len() <= MAX_ITEMS);
             assert!(items
                 .windows(2)
                 .all(|w| w[0].entry.index + 1 == w[1].entry.index));
         }
-        let again = m.encode();
-        let m2 = PeerMsg::decode(&again).expect("a re-encoded message decodes");
-        assert_eq!(m2.encode(), again, "peer message encoding not stable");
+        let again = m.encode(group);
+        let (g2, m2) = PeerMsg::decode(&again).expect("a re-encoded message decodes");
+        assert_eq!(g2, group);
+        assert_eq!(m2.encode(g2), again, "peer message encoding not stable");
     }
     if let Ok(r) = PeerReply::decode(data) {
         assert_eq!(r.encode(), data, "peer reply re-encoding differs");

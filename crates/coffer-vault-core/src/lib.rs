@@ -219,6 +219,9 @@ pub struct Core<P: Platform> {
     boot_ms: u64,
     pending: Option<Pending>,
     stats: Stats,
+    /// A group member's session ids start with its group number, so a
+    /// host can route data frames (ADR 0014).
+    session_prefix: Option<u8>,
     repl: Option<replica::Replica>,
 }
 
@@ -307,6 +310,7 @@ impl<P: Platform> Core<P> {
                 boot_ms,
                 pending: None,
                 stats: Stats::default(),
+                session_prefix: None,
                 repl: None,
             },
             state,
@@ -520,6 +524,9 @@ impl<P: Platform> Core<P> {
     fn new_session_id(&mut self) -> SessionId {
         let mut id = [0u8; 16];
         self.platform.fill_random(&mut id);
+        if let Some(p) = self.session_prefix {
+            id[0] = p;
+        }
         id
     }
 

@@ -8,7 +8,7 @@
 //! limits.
 //!
 //! ```text
-//! message = tag u8 | from u8 | epoch u64 | rest
+//! message = tag u8 | group u8 | from u8 | epoch u64 | rest   (group: the realm's group number)
 //!   tag 1 Append:  n u32 | (item_len u32 | item)*n | cert_len u16 | cert
 //!                  (item = store::LogItem bytes; an empty list is a heartbeat)
 //!   tag 2 Poll:    nothing
@@ -193,19 +193,17 @@ fn put_cert(out: &mut Vec<u8>, cert: &Option<Certificate>) {
 }
 
 impl PeerMsg {
-    /// The message's bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+    /// The message's bytes, for the realm's group number `group`.
+    pub fn encode(&self, group: u8) -> Vec<u8> {
+        let (tag, from, epoch) = match self {
+            PeerMsg::Append { from, epoch, .. } => (1, *from, *epoch),
+            PeerMsg::Poll { from } => (2, *from, 0),
+            PeerMsg::VoteReq { from, epoch, .. } => (3, *from, *epoch),
+        };
+        let mut out = vec![tag, group, from];
+        out.extend_from_slice(&epoch.to_be_bytes());
         match self {
-            PeerMsg::Append {
-                from,
-                epoch,
-                items,
-                cert,
-            } => {
-                out.push(1);
-                out.push(*from);
-                out.extend_from_slice(&epoch.to_be_bytes());
+            PeerMsg::Append { items, cert, .. } => {
                 out.extend_from_slice(&(items.len() as u32).to_be_bytes());
                 for it in items {
                     let b = it.encode();
@@ -214,32 +212,20 @@ impl PeerMsg {
                 }
                 put_cert(&mut out, cert);
             }
-            PeerMsg::Poll { from } => {
-                out.push(2);
-                out.push(*from);
-                out.extend_from_slice(&0u64.to_be_bytes());
-            }
-            PeerMsg::VoteReq {
-                from,
-                epoch,
-                request,
-            } => {
-                out.push(3);
-                out.push(*from);
-                out.extend_from_slice(&epoch.to_be_bytes());
-                out.extend_from_slice(&request.encode());
-            }
+            PeerMsg::Poll { .. } => {}
+            PeerMsg::VoteReq { request, .. } => out.extend_from_slice(&request.encode()),
         }
         out
     }
 
-    /// Parses untrusted bytes.
-    pub fn decode(b: &[u8]) -> Result<Self, PeerError> {
+    /// Parses untrusted bytes: the group number and the message.
+    pub fn decode(b: &[u8]) -> Result<(u8, Self), PeerError> {
         if b.len() > MAX_MESSAGE {
             return Err(PeerError("too large"));
         }
         let mut r = R(b);
         let tag = r.u8()?;
+        let group = r.u8()?;
         let from = r.u8()?;
         let epoch = r.u64()?;
         let msg = match tag {
@@ -281,7 +267,7 @@ impl PeerMsg {
             _ => return Err(PeerError("unknown message")),
         };
         r.done()?;
-        Ok(msg)
+        Ok((group, msg))
     }
 }
 

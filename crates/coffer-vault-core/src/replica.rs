@@ -105,6 +105,10 @@ pub(crate) struct Replica {
     node: NodeId,
     members: Members,
     group: GroupId,
+    /// The group's number in its realm.
+    index: u8,
+    /// The buckets it owns (from its genesis entry).
+    range: (u16, u16),
     nv: NvramV2,
     applied: u64,
     /// `(mac, root)` of this core's log from `applied` on: `chain[0]` is the
@@ -188,13 +192,66 @@ pub struct ReplicaStatus {
     pub committed: u64,
     /// Whether a batch is in flight.
     pub in_flight: bool,
+    /// The group's number in the realm.
+    pub group: u8,
+    /// The buckets it owns.
+    pub range: (u16, u16),
 }
 
-/// The members' group: the whole record-id range in this version.
-pub fn group_of(realm_id: &[u8; 16]) -> GroupId {
+/// The id of a realm's group number `index` (ADR 0014).
+pub fn group_of(realm_id: &[u8; 16], index: u8) -> GroupId {
     let mut g = *realm_id;
     g[0] ^= 0x47;
+    g[15] ^= index;
     g
+}
+
+/// The group number of a group id of this realm, if it is one.
+pub fn group_index(realm_id: &[u8; 16], group: &GroupId) -> Option<u8> {
+    let index = group[15] ^ realm_id[15];
+    (group_of(realm_id, index) == *group).then_some(index)
+}
+
+/// The bucket range of group `index` of `groups` (equal shares of the
+/// 2^16 buckets, in order; ADR 0014).
+pub fn group_range(index: u8, groups: u8) -> (u16, u16) {
+    let n = u32::from(groups.max(1));
+    let i = u32::from(index.min(groups.saturating_sub(1)));
+    // Bucket b belongs to floor(b·n / 2^16) (group_for_bucket): group i
+    // starts at ceil(i·2^16 / n).
+    let start = |i: u32| (i * 65_536).div_ceil(n);
+    (start(i) as u16, (start(i + 1) - 1) as u16)
+}
+
+/// Which group of `groups` owns `bucket`.
+pub fn group_for_bucket(bucket: u16, groups: u8) -> u8 {
+    let n = u32::from(groups.max(1));
+    ((u32::from(bucket) * n) / 65_536) as u8
+}
+
+/// Which group serves a (tenant, user): the core's record-id hash, reduced
+/// to its bucket (ADR 0014). In an HSM this is a call into the core; in
+/// software it holds a copy of the record-id key, so the host's router
+/// needs no round trip through a busy member thread. It gives the host the
+/// bucket of a user it already knows, never a record id.
+#[derive(Clone)]
+pub struct RecordRouter {
+    key: ring::hmac::Key,
+    groups: u8,
+}
+
+impl std::fmt::Debug for RecordRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordRouter(REDACTED)")
+    }
+}
+
+impl RecordRouter {
+    /// The group that owns the user's record.
+    pub fn group(&self, tenant: &str, user: &str) -> u8 {
+        let id = crate::secrets::record_id_with(&self.key, tenant, user);
+        group_for_bucket(crate::merkle::bucket_of(&id), self.groups)
+    }
 }
 
 /// Verifies a run of entries after `(index, mac)`: MACs, group,
@@ -226,30 +283,47 @@ fn run_ok(
 }
 
 impl<P: Platform> Core<P> {
-    /// `realm new`, first node: a fresh OPAQUE setup, the group's genesis
-    /// entry naming `members`, and this node's NVRAM holding it.
+    /// `realm new`, first node of group `index` (of `groups`): the group's
+    /// genesis entry naming `members` and owning its share of the buckets,
+    /// and this node's NVRAM holding it. With `sealed_setup` (every group
+    /// after the first) the realm's OPAQUE setup is reused, so clients pin
+    /// one key whichever group serves them; without, a fresh one is made.
+    #[allow(clippy::too_many_arguments)]
     pub fn init_group(
         mut platform: P,
         master: &[u8; 32],
         config: RealmConfig,
         node: NodeId,
         members: &[NodeId],
+        (index, groups): (u8, u8),
+        sealed_setup: Option<&[u8]>,
     ) -> Result<CreatedGroup, CoreError> {
         if platform.nvram_read()?.is_some() {
             return Err(CoreError::Nvram(
                 "NVRAM already holds a realm anchor; refusing to overwrite it".into(),
             ));
         }
+        if groups == 0 || index >= groups {
+            return Err(CoreError::Setup(format!("group {index} of {groups}")));
+        }
         let secrets = RealmSecrets::derive(master, &config.realm_id);
-        let setup = ServerSetup::<crate::CofferSuite>::new(&mut PlatformRng(&mut platform));
-        let mut nonce = [0u8; 24];
-        platform.fill_random(&mut nonce);
-        let sealed_setup = secrets.seal_setup(nonce, &config.realm_id, &setup);
+        let sealed_setup = match sealed_setup {
+            Some(s) => {
+                secrets.open_setup(&config.realm_id, s)?;
+                s.to_vec()
+            }
+            None => {
+                let setup = ServerSetup::<crate::CofferSuite>::new(&mut PlatformRng(&mut platform));
+                let mut nonce = [0u8; 24];
+                platform.fill_random(&mut nonce);
+                secrets.seal_setup(nonce, &config.realm_id, &setup)
+            }
+        };
         let members =
             Members::new(members).map_err(|e| CoreError::Setup(format!("members: {e}")))?;
-        let group = group_of(&config.realm_id);
+        let (range_lo, range_hi) = group_range(index, groups);
         let genesis = Entry {
-            group,
+            group: group_of(&config.realm_id, index),
             epoch: 0,
             index: 1,
             prev_mac: Mac::ZERO,
@@ -257,8 +331,8 @@ impl<P: Platform> Core<P> {
             kind: EntryKind::Genesis {
                 members: members.clone(),
             },
-            range_lo: 0,
-            range_hi: u16::MAX,
+            range_lo,
+            range_hi,
             root: Tree::build([]).root(),
             body_hash: crate::log::empty_body_hash(),
         };
@@ -304,7 +378,12 @@ impl<P: Platform> Core<P> {
             ack_key: secrets.ack_key(),
             members,
         };
-        let mut slot = GroupSlot::new(group_of(&config.realm_id));
+        if group_index(&config.realm_id, &genesis.group).is_none() {
+            return Err(CoreError::Setup(
+                "the genesis entry is for another realm's group".into(),
+            ));
+        }
+        let mut slot = GroupSlot::new(genesis.group);
         slot.check(&ctx, genesis, mac, None)
             .map_err(|e| CoreError::Setup(format!("genesis: {e}")))?;
         slot.advance(genesis, mac)
@@ -343,15 +422,19 @@ impl<P: Platform> Core<P> {
                 "NVRAM belongs to another realm (wrong --nvram file?)".into(),
             ));
         }
-        let group = group_of(&config.realm_id);
-        let mut slot = *nv
-            .slot(&group)
-            .ok_or_else(|| CoreError::Nvram("NVRAM holds no slot for this realm's group".into()))?;
         let (genesis, gmac) = &store.genesis;
+        let group = genesis.group;
+        let group_ix = group_index(&config.realm_id, &group).ok_or_else(|| {
+            CoreError::Integrity("the store's genesis entry is not for this realm".into())
+        })?;
+        let mut slot = *nv.slot(&group).ok_or_else(|| {
+            CoreError::Nvram(format!(
+                "this NVRAM holds no slot for group {group_ix} (wrong --nvram file?)"
+            ))
+        })?;
         let members = match &genesis.kind {
             EntryKind::Genesis { members }
-                if genesis.group == group
-                    && genesis.index == 1
+                if genesis.index == 1
                     && genesis.verify_mac(secrets.log_key(), &config.realm_id, gmac) =>
             {
                 members.clone()
@@ -461,10 +544,13 @@ impl<P: Platform> Core<P> {
                 boot_ms,
                 pending: None,
                 stats: Stats::default(),
+                session_prefix: Some(group_ix),
                 repl: Some(Replica {
                     node: nv.node,
                     members,
                     group,
+                    index: group_ix,
+                    range: (genesis.range_lo, genesis.range_hi),
                     nv,
                     applied,
                     chain,
@@ -508,6 +594,17 @@ impl<P: Platform> Core<P> {
             leading,
             committed,
             in_flight: r.inflight.is_some(),
+            group: r.index,
+            range: r.range,
+        })
+    }
+
+    /// The router for a realm of `groups` groups (None for a v1 core).
+    pub fn record_router(&self, groups: u8) -> Option<RecordRouter> {
+        self.repl.as_ref()?;
+        Some(RecordRouter {
+            key: self.secrets.record_id_key(),
+            groups,
         })
     }
 
@@ -816,8 +913,8 @@ impl<P: Platform> Core<P> {
             prev_mac: slot.mac,
             leader: r.node,
             kind,
-            range_lo: 0,
-            range_hi: u16::MAX,
+            range_lo: r.range.0,
+            range_hi: r.range.1,
             root,
             body_hash: crate::log::body_hash(body),
         };
@@ -848,7 +945,33 @@ impl<P: Platform> Core<P> {
                 "earlier entries are not committed and applied yet",
             ));
         }
-        let (replies, writes, revert, _) = self.run_batch(inputs, buckets);
+        // Frames for records of another group's range never reach the
+        // batch (the host routes by range; a misrouted one is refused).
+        let (lo, hi) = r.range;
+        let mut misrouted = Vec::new();
+        let inputs: Vec<Input> = inputs
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, input)| match &input {
+                Input::Open { record, .. }
+                    if !(lo..=hi).contains(&crate::merkle::bucket_of(record)) =>
+                {
+                    misrouted.push(i);
+                    None
+                }
+                _ => Some(input),
+            })
+            .collect();
+        let (mut replies, writes, revert, _) = self.run_batch(inputs, buckets);
+        for i in misrouted {
+            replies.insert(
+                i,
+                Err(CoreError::Refusing(format!(
+                    "record outside group {}'s range {lo}..={hi}",
+                    r_index(&self.repl)
+                ))),
+            );
+        }
         let body = Body::from_writes(&writes)
             .map_err(|_| ReplicaError::State("batch too large for one entry"))?
             .encode();
@@ -1121,4 +1244,8 @@ impl<P: Platform> Core<P> {
     pub fn ack_verifies(&self, ack: &Ack) -> bool {
         ack.verify(self.secrets.ack_key(), &self.config.realm_id)
     }
+}
+
+fn r_index(r: &Option<Replica>) -> u8 {
+    r.as_ref().map_or(0, |r| r.index)
 }

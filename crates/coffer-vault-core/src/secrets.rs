@@ -99,7 +99,17 @@ impl RealmSecrets {
 
     /// `HMAC(record_id_key, "coffer/v1/record-id" || len || tenant || len || user)`.
     pub fn record_id(&self, tenant: &str, user: &str) -> [u8; 32] {
-        let mut ctx = hmac::Context::with_key(&self.record_id);
+        record_id_with(&self.record_id, tenant, user)
+    }
+
+    pub(crate) fn record_id_key(&self) -> hmac::Key {
+        self.record_id.clone()
+    }
+}
+
+pub(crate) fn record_id_with(key: &hmac::Key, tenant: &str, user: &str) -> [u8; 32] {
+    {
+        let mut ctx = hmac::Context::with_key(key);
         ctx.update(b"coffer/v1/record-id");
         for part in [tenant.as_bytes(), user.as_bytes()] {
             ctx.update(&(part.len() as u64).to_be_bytes());
@@ -109,7 +119,9 @@ impl RealmSecrets {
         out.copy_from_slice(ctx.sign().as_ref());
         out
     }
+}
 
+impl RealmSecrets {
     pub(crate) fn seal_record(
         &self,
         nonce: [u8; 24],

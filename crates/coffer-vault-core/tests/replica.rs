@@ -340,3 +340,62 @@ fn only_a_candidate_core_can_ask_for_a_vote() {
     let vote = g.members[2].core.vote(&req).unwrap();
     assert_eq!(vote.epoch, req.epoch);
 }
+
+#[test]
+fn a_group_serves_only_its_share_of_the_records() {
+    use coffer_vault_core::replica::{group_for_bucket, group_range};
+    assert_eq!(group_range(0, 3), (0, 21845));
+    assert_eq!(group_range(1, 3), (21846, 43690));
+    assert_eq!(group_range(2, 3), (43691, 65535));
+    assert_eq!(group_range(0, 1), (0, 65535));
+    for b in [0u16, 21845, 21846, 43690, 43691, 65535] {
+        let g = group_for_bucket(b, 3);
+        let (lo, hi) = group_range(g, 3);
+        assert!(
+            (lo..=hi).contains(&b),
+            "bucket {b} -> group {g} {lo}..={hi}"
+        );
+    }
+    let mut g = MemGroup::new_in(11, 3, (1, 3)).unwrap();
+    g.elect(0).unwrap();
+    let mut c = TestClient::new(12, g.descriptor());
+    let (lo, hi) = g.members[0].core.replica_status().unwrap().range;
+    assert_eq!((lo, hi), (21846, 43690));
+    // Find one user inside the range and one outside.
+    let (mut inside, mut outside) = (None, None);
+    for u in 0..200 {
+        let id = g.members[0].core.record_id("app", &format!("u{u}"));
+        let b = u16::from_be_bytes([id[0], id[1]]);
+        if (lo..=hi).contains(&b) {
+            inside.get_or_insert(id);
+        } else {
+            outside.get_or_insert(id);
+        }
+    }
+    let (inside, outside) = (inside.unwrap(), outside.unwrap());
+    assert_eq!(
+        c.register(&mut g, inside, b"pw", &K, 10, false).unwrap(),
+        Outcome::Ok(None)
+    );
+    let r = c.register(&mut g, outside, b"pw", &K, 10, false);
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.contains("outside group 1's range")),
+        "{r:?}"
+    );
+    let st = g.members[0].core.replica_status().unwrap();
+    assert_eq!(st.group, 1);
+    // Every bucket has exactly one group, for any number of groups.
+    for groups in 1..=16u8 {
+        let mut next = 0u32;
+        for i in 0..groups {
+            let (lo, hi) = group_range(i, groups);
+            assert_eq!(u32::from(lo), next);
+            assert!(hi >= lo);
+            assert_eq!(group_for_bucket(lo, groups), i);
+            assert_eq!(group_for_bucket(hi, groups), i);
+            next = u32::from(hi) + 1;
+        }
+        assert_eq!(next, 65_536);
+    }
+}

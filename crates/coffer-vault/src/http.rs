@@ -35,13 +35,16 @@ use crate::tenants::{Tenants, TokenError};
 
 /// What the handlers share.
 pub struct AppState {
-    /// The engine's queue.
-    pub engine: mpsc::Sender<Job>,
-    /// A replicated member's event loop (peer messages).
-    pub peer: Option<crossbeam_channel::Sender<crate::replication::Event>>,
-    /// A replicated member's view of the leader (client frames are
+    /// The engines' queues: one for a single-node vault, one per group for
+    /// a replicated node.
+    pub engines: Vec<mpsc::Sender<Job>>,
+    /// A replicated node's per-group event loops (peer messages).
+    pub peers: Vec<crossbeam_channel::Sender<crate::replication::Event>>,
+    /// A replicated node's per-group view of the leader (client frames are
     /// forwarded to it).
-    pub leader: Option<Arc<std::sync::Mutex<crate::replication::LeaderView>>>,
+    pub leaders: Vec<Arc<std::sync::Mutex<crate::replication::LeaderView>>>,
+    /// Which group serves a user (a replicated node).
+    pub router: Option<coffer_vault_core::replica::RecordRouter>,
     /// Tenants and their keys.
     pub tenants: Tenants,
     /// Rate limits.
@@ -91,9 +94,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn run_job(state: &AppState, input: JobInput) -> Response {
+async fn run_job(state: &AppState, group: u8, input: JobInput) -> Response {
     let (tx, rx) = oneshot::channel();
-    if state.engine.try_send(Job { input, reply: tx }).is_err() {
+    let Some(engine) = state.engines.get(usize::from(group)) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_session",
+            "unknown or expired session; open a new one".into(),
+        );
+    };
+    if engine.try_send(Job { input, reply: tx }).is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -131,16 +141,27 @@ async fn open(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
     resp
 }
 
-/// The leader's URL when this node is a follower that knows it.
-fn forward_to(state: &AppState, headers: &HeaderMap) -> Option<String> {
+/// The leader's URL when this node follows `group`'s leader and knows it.
+fn forward_to(state: &AppState, group: u8, headers: &HeaderMap) -> Option<String> {
     if headers.contains_key(FORWARDED) {
         return None;
     }
-    let view = state.leader.as_ref()?.lock().ok()?.clone();
+    let view = state.leaders.get(usize::from(group))?.lock().ok()?.clone();
     if view.me {
         return None;
     }
     view.url
+}
+
+/// The group of a data frame: its session id's first byte (a replicated
+/// node; 0 otherwise).
+fn data_group(state: &AppState, frame: &[u8]) -> u8 {
+    if state.router.is_none() {
+        return 0;
+    }
+    coffer_vault_proto::channel::frame_session(frame)
+        .map(|id| id[0])
+        .unwrap_or(0)
 }
 
 const FORWARDED: &str = "x-coffer-forwarded";
@@ -198,16 +219,16 @@ async fn forward(url: String, path: &'static str, headers: &HeaderMap, body: Byt
 }
 
 async fn peer(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let Some(events) = &state.peer else {
+    let (group, msg) = match crate::peer::PeerMsg::decode(&body) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_peer_message", e.to_string()),
+    };
+    let Some(events) = state.peers.get(usize::from(group)) else {
         return error(
             StatusCode::NOT_FOUND,
             "not_replicated",
-            "this vault is a single node".into(),
+            format!("this vault has no group {group}"),
         );
-    };
-    let msg = match crate::peer::PeerMsg::decode(&body) {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_peer_message", e.to_string()),
     };
     let (tx, rx) = oneshot::channel();
     if events
@@ -236,9 +257,6 @@ async fn peer(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
 }
 
 async fn open_inner(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response {
-    if let Some(url) = forward_to(state, headers) {
-        return forward(url, "/v1/open", headers, body).await;
-    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -261,6 +279,11 @@ async fn open_inner(state: &AppState, headers: &HeaderMap, body: Bytes) -> Respo
     };
     if let Err(m) = check_frame(&body, FrameKind::Open) {
         return error(StatusCode::BAD_REQUEST, "bad_frame", m);
+    }
+    let group = state.router.as_ref().map_or(0, |r| r.group(&tenant, &user));
+    if let Some(url) = forward_to(state, group, headers) {
+        // The leader's host checks the token and the rate limits itself.
+        return forward(url, "/v1/open", headers, body).await;
     }
     if let Err((scope, retry_after_ms)) = state.limits.check(&tenant, &user) {
         match scope {
@@ -296,6 +319,7 @@ async fn open_inner(state: &AppState, headers: &HeaderMap, body: Bytes) -> Respo
     }
     run_job(
         state,
+        group,
         JobInput::Open {
             tenant,
             user,
@@ -306,7 +330,8 @@ async fn open_inner(state: &AppState, headers: &HeaderMap, body: Bytes) -> Respo
 }
 
 async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(url) = forward_to(&state, &headers) {
+    let group = data_group(&state, &body);
+    if let Some(url) = forward_to(&state, group, &headers) {
         let resp = forward(url, "/v1/send", &headers, body).await;
         state.metrics.request("send", resp.status().as_u16());
         return resp;
@@ -316,6 +341,7 @@ async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
         Ok(()) => {
             run_job(
                 &state,
+                group,
                 JobInput::Data {
                     frame: body.to_vec(),
                 },

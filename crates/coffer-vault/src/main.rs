@@ -126,6 +126,10 @@ enum RealmCommand {
         /// `serve --data <out>/node-i --nvram <out>/node-i/nvram --listen <its address>`.
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
+        /// Groups: each owns an equal share of the record ids and has its own
+        /// log and leader, so a realm's leaders spread over its nodes (1 to 16).
+        #[arg(long, default_value_t = 1)]
+        groups: u8,
         /// Highest guess limit a registration may ask for.
         #[arg(long, default_value_t = 10)]
         max_attempts_limit: u8,
@@ -195,6 +199,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Realm(RealmCommand::New {
             out,
             nodes,
+            groups,
             max_attempts_limit,
             ksf_memory_kib,
             ksf_iterations,
@@ -212,9 +217,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                     ..KsfParams::default()
                 },
                 custody: custody.clone(),
+                groups,
             })?;
             println!(
-                "Created realm {} with {} nodes ({}).",
+                "Created realm {} with {} nodes and {groups} group(s) ({}).",
                 hex::encode(desc.realm_id),
                 nodes.len(),
                 coffer_vault::custody::describe(&custody)

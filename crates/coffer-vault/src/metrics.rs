@@ -7,6 +7,25 @@ use std::sync::Mutex;
 
 use coffer_vault_core::Stats;
 
+/// One replicated group's gauges on this node.
+#[derive(Debug, Clone, Default)]
+pub struct GroupGauges {
+    /// Whether this node leads the group.
+    pub leading: bool,
+    /// The promised epoch.
+    pub epoch: u64,
+    /// The last accepted log index.
+    pub log_index: u64,
+    /// The applied index.
+    pub applied: u64,
+    /// Why the group's core refuses or waits, if it does.
+    pub refusing: Option<String>,
+    /// The group core's counters.
+    pub stats: Stats,
+    /// Its open sessions.
+    pub sessions: u64,
+}
+
 /// Shared counters and gauges.
 #[derive(Default)]
 pub struct Metrics {
@@ -39,6 +58,8 @@ pub struct Metrics {
     pub realm_epoch: AtomicU64,
     /// Replicated realm: the last accepted log index.
     pub realm_log_index: AtomicU64,
+    /// A replicated node's groups.
+    pub groups: Mutex<BTreeMap<u8, GroupGauges>>,
     /// Why the core refuses (None: serving).
     pub refusing: Mutex<Option<String>>,
 }
@@ -51,9 +72,57 @@ impl Metrics {
         }
     }
 
-    /// The refusal reason, if any.
+    /// The refusal reason, if any (a replicated node: the first group's
+    /// that refuses).
     pub fn refusing(&self) -> Option<String> {
+        if let Ok(g) = self.groups.lock() {
+            if !g.is_empty() {
+                return g
+                    .iter()
+                    .find_map(|(i, x)| x.refusing.as_ref().map(|r| format!("group {i}: {r}")));
+            }
+        }
         self.refusing.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// A replicated group's gauges, after each event of its loop. Group 0
+    /// also sets the unlabelled gauges.
+    pub fn publish_group(&self, group: u8, g: GroupGauges) {
+        if group == 0 {
+            self.generation.store(g.applied, Ordering::Relaxed);
+            self.realm_leading
+                .store(u64::from(g.leading), Ordering::Relaxed);
+            self.realm_epoch.store(g.epoch, Ordering::Relaxed);
+            self.realm_log_index.store(g.log_index, Ordering::Relaxed);
+        }
+        if let Ok(mut m) = self.groups.lock() {
+            m.insert(group, g);
+        }
+        if let Ok(m) = self.groups.lock() {
+            let sessions: u64 = m.values().map(|g| g.sessions).sum();
+            self.sessions.store(sessions, Ordering::Relaxed);
+        }
+    }
+
+    fn core_stats(&self) -> Stats {
+        if let Ok(m) = self.groups.lock() {
+            if !m.is_empty() {
+                let mut t = Stats::default();
+                for g in m.values() {
+                    let s = g.stats;
+                    t.logins_started += s.logins_started;
+                    t.logins_ok += s.logins_ok;
+                    t.logins_failed += s.logins_failed;
+                    t.erased += s.erased;
+                    t.registrations += s.registrations;
+                    t.deletes += s.deletes;
+                    t.replays += s.replays;
+                    t.integrity_failures += s.integrity_failures;
+                }
+                return t;
+            }
+        }
+        self.core.lock().map(|s| *s).unwrap_or_default()
     }
 
     /// Prometheus text exposition.
@@ -72,7 +141,7 @@ impl Metrics {
                 );
             }
         }
-        let s = self.core.lock().map(|s| *s).unwrap_or_default();
+        let s = self.core_stats();
         let counters: [(&str, &str, u64); 14] = [
             (
                 "logins_started_total",
@@ -189,6 +258,25 @@ impl Metrics {
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP coffer_vault_{name} {help}\n# TYPE coffer_vault_{name} gauge\ncoffer_vault_{name} {v}");
+        }
+        if let Ok(m) = self.groups.lock() {
+            if !m.is_empty() {
+                let _ = writeln!(out, "# HELP coffer_vault_group Replicated realm, per group: leading (1/0), epoch, log_index, applied, refusing (1/0).\n# TYPE coffer_vault_group gauge");
+                for (i, g) in m.iter() {
+                    for (what, v) in [
+                        ("leading", u64::from(g.leading)),
+                        ("epoch", g.epoch),
+                        ("log_index", g.log_index),
+                        ("applied", g.applied),
+                        ("refusing", u64::from(g.refusing.is_some())),
+                    ] {
+                        let _ = writeln!(
+                            out,
+                            "coffer_vault_group{{group=\"{i}\",gauge=\"{what}\"}} {v}"
+                        );
+                    }
+                }
+            }
         }
         out
     }

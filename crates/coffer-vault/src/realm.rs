@@ -4,6 +4,7 @@
 //! `records.redb` (the store), `tenants.json`, and the master secret's
 //! custody file (`realm.key` or `realm.key.p11`). NVRAM is a separate file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -103,11 +104,37 @@ pub struct RealmNewOptions {
     pub ksf: KsfParams,
     /// Where the master secret lives.
     pub custody: CustodyArgs,
+    /// Groups, each owning an equal share of the record-id buckets and led
+    /// on its own (ADR 0014).
+    pub groups: u8,
 }
+
+/// Most groups in a realm (NVRAM v2 holds at most 16 slots).
+pub const MAX_GROUPS: u8 = 16;
 
 /// The NVRAM file of node `i` under `realm new`'s output.
 pub fn node_nvram(out: &Path, i: usize) -> PathBuf {
     out.join(format!("node-{i}")).join("nvram")
+}
+
+/// Group `g`'s NVRAM file, given `serve --nvram` (group 0's file).
+pub fn group_nvram(nvram: &Path, g: u8) -> PathBuf {
+    if g == 0 {
+        nvram.to_path_buf()
+    } else {
+        let mut name = nvram.as_os_str().to_owned();
+        name.push(format!(".g{g}"));
+        PathBuf::from(name)
+    }
+}
+
+/// Group `g`'s store file in a node's data directory.
+pub fn group_store(data: &Path, g: u8) -> PathBuf {
+    if g == 0 {
+        data.join(STORE_FILE)
+    } else {
+        data.join(format!("records-g{g}.redb"))
+    }
 }
 
 /// `realm new`: one realm of N nodes in one group (ADR 0011, 0013). Every
@@ -118,6 +145,9 @@ pub fn realm_new(o: &RealmNewOptions) -> anyhow::Result<RealmDescriptor> {
     o.ksf.argon2().context("the KSF parameters")?;
     if o.max_attempts_limit == 0 {
         bail!("--max-attempts-limit must be at least 1");
+    }
+    if !(1..=MAX_GROUPS).contains(&o.groups) {
+        bail!("--groups must be 1 to {MAX_GROUPS}, got {}", o.groups);
     }
     let n = o.nodes.len();
     if !(1..=coffer_vault_core::log::MAX_MEMBERS).contains(&n) {
@@ -149,13 +179,22 @@ pub fn realm_new(o: &RealmNewOptions) -> anyhow::Result<RealmDescriptor> {
     let members: Vec<NodeId> = (1..=n as NodeId).collect();
     let dir1 = o.out.join("node-1");
     let master = custody::create_master(&o.custody, &dir1)?;
-    let group = Core::init_group(
-        FilePlatform::new(&node_nvram(&o.out, 1)),
-        master.expose_secret(),
-        config.clone(),
-        1,
-        &members,
-    )?;
+    let mut groups = Vec::new();
+    let mut sealed: Option<Vec<u8>> = None;
+    for g in 0..o.groups {
+        let created = Core::init_group(
+            FilePlatform::new(&group_nvram(&node_nvram(&o.out, 1), g)),
+            master.expose_secret(),
+            config.clone(),
+            1,
+            &members,
+            (g, o.groups),
+            sealed.as_deref(),
+        )?;
+        sealed = Some(created.created.sealed_setup.clone());
+        groups.push(created);
+    }
+    let group = &groups[0];
     let desc = RealmDescriptor::new_v2(
         realm_id,
         group.created.public_key,
@@ -163,11 +202,6 @@ pub fn realm_new(o: &RealmNewOptions) -> anyhow::Result<RealmDescriptor> {
         o.max_attempts_limit,
         o.nodes.clone(),
     )?;
-    let genesis = LogItem {
-        entry: group.genesis.clone(),
-        mac: group.genesis_mac,
-        body: coffer_vault_core::Body::empty().encode(),
-    };
     let tenants = o.out.join(crate::tenants::TENANTS_FILE);
     if !tenants.exists() {
         // Tenants' HS256 secrets live here: owner-only from the start.
@@ -199,16 +233,29 @@ pub fn realm_new(o: &RealmNewOptions) -> anyhow::Result<RealmDescriptor> {
                         .with_context(|| format!("cannot copy {}", src.display()))?;
                 }
             }
-            Core::join_group(
-                FilePlatform::new(&node_nvram(&o.out, i)),
-                master.expose_secret(),
-                &config,
-                i as NodeId,
-                &group.genesis,
-                &group.genesis_mac,
+            for (g, created) in groups.iter().enumerate() {
+                Core::join_group(
+                    FilePlatform::new(&group_nvram(&node_nvram(&o.out, i), g as u8)),
+                    master.expose_secret(),
+                    &config,
+                    i as NodeId,
+                    &created.genesis,
+                    &created.genesis_mac,
+                )?;
+            }
+        }
+        for (g, created) in groups.iter().enumerate() {
+            let genesis = LogItem {
+                entry: created.genesis.clone(),
+                mac: created.genesis_mac,
+                body: coffer_vault_core::Body::empty().encode(),
+            };
+            Store::create_member(
+                &group_store(&dir, g as u8),
+                &created.created.sealed_setup,
+                &genesis,
             )?;
         }
-        Store::create_member(&dir.join(STORE_FILE), &group.created.sealed_setup, &genesis)?;
         std::os::unix::fs::symlink(
             Path::new("..").join(crate::tenants::TENANTS_FILE),
             dir.join(crate::tenants::TENANTS_FILE),
@@ -226,7 +273,7 @@ pub fn realm_new(o: &RealmNewOptions) -> anyhow::Result<RealmDescriptor> {
 
 /// Starts a replicated member's core over its store.
 fn start_member(
-    o: &ServeOptions,
+    nvram: &Path,
     desc: &RealmDescriptor,
     store: &Store,
     master: &custody::MasterSecret,
@@ -245,7 +292,7 @@ fn start_member(
     let log = store.log_range(applied, last)?;
     let setup = store.setup()?;
     Ok(Core::start_member(
-        FilePlatform::new(&o.nvram),
+        FilePlatform::new(nvram),
         master.expose_secret(),
         config,
         MemberStore {
@@ -293,49 +340,111 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         max_attempts_limit: desc.max_attempts_limit,
     };
     let member = store.is_member()?;
-    let (core, state) = if member {
-        start_member(&o, &desc, &store, &master)?
-    } else {
-        let marker = store.marker()?;
-        Core::start(
-            FilePlatform::new(&o.nvram),
-            master.expose_secret(),
-            config,
-            &store.setup()?,
-            store.leaves()?,
-            marker.as_deref(),
-        )?
-    };
+    if member {
+        return serve_member(o, desc, store, master).await;
+    }
+    let marker = store.marker()?;
+    let (core, state) = Core::start(
+        FilePlatform::new(&o.nvram),
+        master.expose_secret(),
+        config,
+        &store.setup()?,
+        store.leaves()?,
+        marker.as_deref(),
+    )?;
     drop(master);
     if core.public_key() != desc.public_key {
         bail!("realm.json's public key does not match this realm's master secret (wrong custody or edited realm.json)");
     }
-    match &state {
-        StartState::Ready => {}
-        StartState::RolledForward => tracing::warn!(
-            "the store was one batch ahead of NVRAM (a crash mid-commit); NVRAM rolled forward"
-        ),
-        StartState::Refusing(why) => tracing::error!(reason = %why, "REFUSING TO SERVE"),
-        StartState::Resyncing(why) => tracing::warn!(reason = %why, "resynchronising"),
-    }
+    log_start(None, &state);
     let records = store.record_count()?;
     let metrics = Arc::new(Metrics::default());
-    let (engine, peer, leader) = if member {
-        let nodes = desc.nodes();
-        let urls = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, u)| ((i + 1) as NodeId, u.clone()))
-            .collect();
+    let engine = crate::engine::spawn(core, store, metrics.clone())?;
+    let state = Arc::new(AppState {
+        engines: vec![engine],
+        peers: Vec::new(),
+        leaders: Vec::new(),
+        router: None,
+        tenants: Tenants::open(&o.data)?,
+        limits: RateLimiter::new(o.limits),
+        metrics,
+        realm_json: desc.to_json(),
+    });
+    listen_and_serve(&o, &desc, state, records).await
+}
+
+fn log_start(group: Option<u8>, state: &StartState) {
+    let g = group.map(|g| g.to_string()).unwrap_or_default();
+    match state {
+        StartState::Ready => {}
+        StartState::RolledForward => tracing::warn!(
+            group = %g,
+            "the store was ahead of NVRAM (a crash mid-commit); NVRAM rolled forward"
+        ),
+        StartState::Refusing(why) => {
+            tracing::error!(group = %g, reason = %why, "REFUSING TO SERVE")
+        }
+        StartState::Resyncing(why) => tracing::warn!(group = %g, reason = %why, "resynchronising"),
+    }
+}
+
+/// A replicated node: one core, store, NVRAM file and event loop per group.
+async fn serve_member(
+    o: ServeOptions,
+    desc: RealmDescriptor,
+    first: Store,
+    master: custody::MasterSecret,
+) -> anyhow::Result<()> {
+    let mut stores = vec![first];
+    for g in 1..MAX_GROUPS {
+        let path = group_store(&o.data, g);
+        if !path.exists() {
+            break;
+        }
+        stores.push(Store::open(&path)?);
+    }
+    let groups = stores.len() as u8;
+    let urls: BTreeMap<NodeId, String> = desc
+        .nodes()
+        .iter()
+        .enumerate()
+        .map(|(i, u)| ((i + 1) as NodeId, u.clone()))
+        .collect();
+    let metrics = Arc::new(Metrics::default());
+    let mut engines = Vec::new();
+    let mut peers = Vec::new();
+    let mut leaders = Vec::new();
+    let mut router = None;
+    let mut records = 0;
+    for (g, store) in stores.into_iter().enumerate() {
+        let g = g as u8;
+        let (core, state) = start_member(&group_nvram(&o.nvram, g), &desc, &store, &master)
+            .with_context(|| format!("group {g}"))?;
+        if core.public_key() != desc.public_key {
+            bail!("realm.json's public key does not match this realm's master secret (wrong custody or edited realm.json)");
+        }
+        match core.replica_status() {
+            Some(st) if st.group == g => {}
+            _ => bail!(
+                "{} holds another group's log than group {g}",
+                group_store(&o.data, g).display()
+            ),
+        }
+        log_start(Some(g), &state);
+        if router.is_none() {
+            router = core.record_router(groups);
+        }
+        records += store.record_count()?;
         let view = Arc::new(std::sync::Mutex::new(
             crate::replication::LeaderView::default(),
         ));
-        let events = crate::replication::spawn(core, store, urls, view.clone(), metrics.clone())?;
-        // Client jobs reach the member's event loop through one bridge.
+        let events =
+            crate::replication::spawn(core, store, urls.clone(), view.clone(), metrics.clone())?;
+        // Client jobs reach the group's event loop through one bridge.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::engine::Job>(crate::engine::QUEUE);
         let ev = events.clone();
         std::thread::Builder::new()
-            .name("vault-bridge".into())
+            .name(format!("vault-bridge-{g}"))
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
                     if ev.send(crate::replication::Event::Client(job)).is_err() {
@@ -343,23 +452,31 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
                     }
                 }
             })?;
-        (tx, Some(events), Some(view))
-    } else {
-        (
-            crate::engine::spawn(core, store, metrics.clone())?,
-            None,
-            None,
-        )
-    };
+        engines.push(tx);
+        peers.push(events);
+        leaders.push(view);
+    }
+    drop(master);
     let state = Arc::new(AppState {
-        engine,
-        peer,
-        leader,
+        engines,
+        peers,
+        leaders,
+        router,
         tenants: Tenants::open(&o.data)?,
         limits: RateLimiter::new(o.limits),
         metrics,
         realm_json: desc.to_json(),
     });
+    tracing::info!(groups, "replicated node");
+    listen_and_serve(&o, &desc, state, records).await
+}
+
+async fn listen_and_serve(
+    o: &ServeOptions,
+    desc: &RealmDescriptor,
+    state: Arc<AppState>,
+    records: u64,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(o.listen)
         .await
         .with_context(|| format!("cannot listen on {}", o.listen))?;

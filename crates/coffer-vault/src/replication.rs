@@ -106,6 +106,7 @@ pub struct Member {
     view: Arc<Mutex<LeaderView>>,
     metrics: Arc<Metrics>,
     seed: u64,
+    group: u8,
 }
 
 fn jitter(seed: &mut u64, max_ms: u64) -> Duration {
@@ -128,6 +129,7 @@ pub fn spawn(
         .replica_status()
         .ok_or_else(|| std::io::Error::other("not a replicated core"))?;
     let me = status.node;
+    let group = status.group;
     let members = core.members().unwrap_or_default();
     let peers: Vec<NodeId> = members.iter().copied().filter(|&n| n != me).collect();
     let mut out = BTreeMap::new();
@@ -139,7 +141,7 @@ pub fn spawn(
         let (ptx, prx) = crossbeam_channel::bounded::<Vec<u8>>(64);
         let events = tx.clone();
         std::thread::Builder::new()
-            .name(format!("peer-{p}"))
+            .name(format!("peer-{group}-{p}"))
             .spawn(move || sender(p, url, prx, events))?;
         out.insert(p, ptx);
     }
@@ -168,9 +170,10 @@ pub fn spawn(
         view,
         metrics,
         seed,
+        group,
     };
     std::thread::Builder::new()
-        .name("vault-member".into())
+        .name(format!("vault-group-{group}"))
         .spawn(move || member.run(rx))?;
     Ok(tx)
 }
@@ -230,6 +233,8 @@ impl Member {
             leading: None,
             committed: 0,
             in_flight: false,
+            group: self.group,
+            range: (0, 0),
         })
     }
 
@@ -262,7 +267,7 @@ impl Member {
 
     fn send(&mut self, to: NodeId, msg: &PeerMsg) {
         if let Some(tx) = self.out.get(&to) {
-            if tx.try_send(msg.encode()).is_ok() {
+            if tx.try_send(msg.encode(self.group)).is_ok() {
                 self.outstanding.insert(to, Instant::now());
             }
         }
@@ -283,29 +288,23 @@ impl Member {
             };
         }
         let s = self.st();
-        self.metrics.generation.store(s.applied, Ordering::Relaxed);
-        self.metrics
-            .realm_leading
-            .store(u64::from(self.is_leader()), Ordering::Relaxed);
-        self.metrics
-            .realm_epoch
-            .store(s.promised, Ordering::Relaxed);
-        self.metrics
-            .realm_log_index
-            .store(s.index, Ordering::Relaxed);
-        if let Ok(mut r) = self.metrics.refusing.lock() {
-            *r = if s.ready {
-                self.core.refusing().map(str::to_string)
-            } else {
-                Some("resynchronising: this node's store is behind its NVRAM".into())
-            };
-        }
-        if let Ok(mut c) = self.metrics.core.lock() {
-            *c = self.core.stats();
-        }
-        self.metrics
-            .sessions
-            .store(self.core.sessions() as u64, Ordering::Relaxed);
+        let refusing = if s.ready {
+            self.core.refusing().map(str::to_string)
+        } else {
+            Some("resynchronising: this node's store is behind its NVRAM".into())
+        };
+        self.metrics.publish_group(
+            self.group,
+            crate::metrics::GroupGauges {
+                leading: self.is_leader(),
+                epoch: s.promised,
+                log_index: s.index,
+                applied: s.applied,
+                refusing,
+                stats: self.core.stats(),
+                sessions: self.core.sessions() as u64,
+            },
+        );
     }
 
     fn run(mut self, rx: Receiver<Event>) {
@@ -832,10 +831,17 @@ impl Member {
         if !final_round && replies.len() < self.peers.len() + 1 {
             return;
         }
+        // Raft's order, then a tie-break that starts at node g+1 for group
+        // g, so a realm's groups spread their leaders over its nodes.
+        let n_nodes = self.peers.len() as u32 + 1;
+        let g = u32::from(self.group);
         let best = replies
             .iter()
             .filter(|(_, s)| s.ready)
-            .map(|(&n, s)| ((s.last_epoch, s.index, std::cmp::Reverse(n)), n))
+            .map(|(&n, s)| {
+                let turn = (u32::from(n) + n_nodes - 1 - g % n_nodes) % n_nodes;
+                ((s.last_epoch, s.index, std::cmp::Reverse(turn)), n)
+            })
             .max()
             .map(|(_, n)| n);
         self.role = HostRole::Follower;

@@ -34,6 +34,10 @@ struct Realm {
 
 impl Realm {
     fn new(n: usize) -> Self {
+        Self::with_groups(n, 1)
+    }
+
+    fn with_groups(n: usize, groups: u8) -> Self {
         common::TIMEOUT_MS.store(4_000, Ordering::Relaxed);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("realm");
@@ -45,6 +49,7 @@ impl Realm {
             "--ksf-iterations",
             "1",
         ]);
+        cmd.args(["--groups", &groups.to_string()]);
         for p in &ports {
             cmd.args(["--node", &format!("http://127.0.0.1:{p}")]);
         }
@@ -134,6 +139,14 @@ impl Realm {
 
     fn url(&self, i: usize, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.nodes[i].port)
+    }
+
+    /// A per-group gauge (`coffer_vault_group{group="g",gauge="..."}`).
+    fn group_gauge(&self, i: usize, g: u8, gauge: &str) -> Option<u64> {
+        self.metric(
+            i,
+            &format!("coffer_vault_group{{group=\"{g}\",gauge=\"{gauge}\"}}"),
+        )
     }
 
     fn metric(&self, i: usize, name: &str) -> Option<u64> {
@@ -540,4 +553,64 @@ fn a_frozen_leader_is_replaced_and_a_rolled_back_store_catches_up() {
         let (o, _) = c.login_eventually(format!("pw-{n}").as_bytes());
         assert_eq!(o, Outcome::Ok(Some(key_of(*n))), "registration {n} lost");
     }
+}
+
+#[test]
+fn three_groups_split_the_records_and_fail_over_independently() {
+    let groups = 3u8;
+    let mut realm = Realm::with_groups(3, groups);
+    // Every group gets a leader; the tie-break spreads them over the nodes.
+    let t0 = Instant::now();
+    let leaders = loop {
+        let l: Vec<Option<usize>> = (0..groups)
+            .map(|g| (0..3).find(|&i| realm.group_gauge(i, g, "leading") == Some(1)))
+            .collect();
+        if l.iter().all(Option::is_some) {
+            break l.into_iter().map(Option::unwrap).collect::<Vec<_>>();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "leaders: {l:?}\n{}",
+            (0..3)
+                .map(|i| realm.log_text(i))
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let before: Vec<u64> = (0..groups)
+        .map(|g| {
+            realm
+                .group_gauge(leaders[g as usize], g, "applied")
+                .unwrap()
+        })
+        .collect();
+    // Thirty users land in all three groups (each owns a third of the ids).
+    let users: Vec<RealmClient> = (0..30).map(|u| realm.client(&format!("s-{u}"))).collect();
+    for (n, c) in users.iter().enumerate() {
+        assert_eq!(
+            c.register_eventually(format!("pw-{n}").as_bytes(), &key_of(n)),
+            Outcome::Ok(None)
+        );
+    }
+    for g in 0..groups {
+        let after = realm
+            .group_gauge(leaders[g as usize], g, "applied")
+            .unwrap();
+        assert!(after > before[g as usize], "group {g} got no records");
+    }
+    // A wrong login on one user spends in its own group only.
+    assert_eq!(wrong_login_left(&users[0]), Some(9));
+    // Kill the node leading group 1: group 1 fails over; the others carry on.
+    let victim = leaders[1];
+    realm.kill9(victim);
+    for (n, c) in users.iter().enumerate() {
+        let (o, _) = c.login_eventually(format!("pw-{n}").as_bytes());
+        assert_eq!(o, Outcome::Ok(Some(key_of(n))), "user {n}");
+    }
+    assert_eq!(
+        wrong_login_left(&users[0]),
+        Some(9),
+        "reset by the right login, spent once"
+    );
 }

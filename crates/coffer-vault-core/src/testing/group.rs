@@ -52,6 +52,11 @@ fn pairs(items: &[LogItem]) -> Vec<(Entry, Mac)> {
 impl MemGroup {
     /// `realm new` for `n` members, all up, nobody leading yet.
     pub fn new(seed: u64, n: usize) -> Result<Self, CoreError> {
+        Self::new_in(seed, n, (0, 1))
+    }
+
+    /// Group `index` of `groups` (ADR 0014): it owns its share of buckets.
+    pub fn new_in(seed: u64, n: usize, (index, groups): (u8, u8)) -> Result<Self, CoreError> {
         let base = MemPlatform::new(seed, 1_800_000_000_000);
         let mut master = [0u8; 32];
         let mut b = base.clone();
@@ -71,7 +76,15 @@ impl MemGroup {
             p.clock = base.clock.clone();
         }
         platforms[0].clock = base.clock.clone();
-        let created = Core::init_group(platforms[0].clone(), &master, config.clone(), 1, &ids)?;
+        let created = Core::init_group(
+            platforms[0].clone(),
+            &master,
+            config.clone(),
+            1,
+            &ids,
+            (index, groups),
+            None,
+        )?;
         for (i, p) in platforms.iter().enumerate().skip(1) {
             Core::join_group(
                 p.clone(),
