@@ -8,6 +8,7 @@
 pub mod custody;
 pub mod engine;
 pub mod http;
+pub mod member;
 pub mod metrics;
 pub use coffer_vault_core::peer;
 pub mod platform;

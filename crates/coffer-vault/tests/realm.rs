@@ -237,6 +237,13 @@ fn unavailable(o: &Outcome) -> bool {
     matches!(o, Outcome::Down(_) | Outcome::Http(503, _))
 }
 
+/// Worth a retry: unavailable, or a frame made before the current leader
+/// was elected (its core refuses frames older than its leadership, ADR
+/// 0011; `coffer-client` retries these with a fresh frame).
+fn retryable(o: &Outcome) -> bool {
+    unavailable(o) || matches!(o, Outcome::Refused(ErrorCode::ClockSkew, _))
+}
+
 impl RealmClient {
     fn on(&self, i: usize) -> Client {
         Client {
@@ -282,7 +289,7 @@ impl RealmClient {
         let t0 = Instant::now();
         loop {
             let r = self.login(password);
-            if !unavailable(&r.0) || t0.elapsed() > Duration::from_secs(20) {
+            if !retryable(&r.0) || t0.elapsed() > Duration::from_secs(20) {
                 return r;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -293,7 +300,7 @@ impl RealmClient {
         let t0 = Instant::now();
         loop {
             let r = self.register(password, k);
-            if !unavailable(&r) || t0.elapsed() > Duration::from_secs(20) {
+            if !retryable(&r) || t0.elapsed() > Duration::from_secs(20) {
                 return r;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -339,7 +346,7 @@ impl Load {
                             a.lock().unwrap().push((c.clone(), next));
                             next += 1;
                         }
-                        o if unavailable(&o) => {}
+                        o if retryable(&o) => {}
                         // A failover between the two messages of one
                         // registration: the session lived in the old
                         // leader's core. The client starts over.
@@ -352,7 +359,7 @@ impl Load {
                         let (o, _) = c.login(format!("pw-{n}").as_bytes());
                         match o {
                             Outcome::Ok(Some(k)) if k == key_of(n) => {}
-                            o if unavailable(&o) => {}
+                            o if retryable(&o) => {}
                             Outcome::Http(404, _) | Outcome::Http(400, _) => {}
                             o => b.lock().unwrap().push(format!("login {n}: {o:?}")),
                         }
