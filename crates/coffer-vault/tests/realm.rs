@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -619,5 +620,164 @@ fn three_groups_split_the_records_and_fail_over_independently() {
         wrong_login_left(&users[0]),
         Some(9),
         "reset by the right login, spent once"
+    );
+}
+
+/// A TCP forwarder on loopback that can be cut: connections are refused and
+/// the open ones shut down. Between every ordered pair of nodes there is one,
+/// so a cut is a real network partition of the nodes' HTTP connections
+/// (what each node dials is the forwarder listed in its own realm.json).
+struct Link {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Link {
+    fn new(target: u16) -> Self {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(a) = conn else { continue };
+                if c.load(Ordering::SeqCst) {
+                    let _ = a.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(b) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                {
+                    let mut o = o.lock().unwrap();
+                    o.push(a.try_clone().unwrap());
+                    o.push(b.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { port, cut, open }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+        if cut {
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+impl Realm {
+    /// Puts a cuttable link between every ordered pair of nodes: node i's
+    /// realm.json names, for node j, the link i→j. Clients keep the direct
+    /// addresses of `<out>/realm.json`. Restarts every node.
+    fn with_links(n: usize) -> (Self, BTreeMap<(usize, usize), Link>) {
+        let mut realm = Self::new(n);
+        let mut links = BTreeMap::new();
+        for i in 0..n {
+            realm.kill9(i);
+        }
+        for i in 0..n {
+            let mut nodes = Vec::new();
+            for j in 0..n {
+                if i == j {
+                    nodes.push(format!("http://127.0.0.1:{}", realm.nodes[j].port));
+                } else {
+                    let link = Link::new(realm.nodes[j].port);
+                    nodes.push(format!("http://127.0.0.1:{}", link.port));
+                    links.insert((i, j), link);
+                }
+            }
+            let d = &realm.realm;
+            let own = RealmDescriptor::new_v2(
+                d.realm_id,
+                d.public_key,
+                d.ksf,
+                d.max_attempts_limit,
+                nodes,
+            )
+            .unwrap();
+            std::fs::write(realm.nodes[i].data.join("realm.json"), own.to_json()).unwrap();
+        }
+        for i in 0..n {
+            realm.start(i);
+        }
+        (realm, links)
+    }
+}
+
+fn cut_off(links: &BTreeMap<(usize, usize), Link>, node: usize, cut: bool) {
+    for ((a, b), l) in links {
+        if *a == node || *b == node {
+            l.set_cut(cut);
+        }
+    }
+}
+
+#[test]
+fn a_cut_off_leader_serves_no_guess_and_rejoins() {
+    let (realm, links) = Realm::with_links(3);
+    let l = realm.wait_leader(&[]);
+    let w = realm.client("watched");
+    assert_eq!(
+        w.register_eventually(b"right", &key_of(999)),
+        Outcome::Ok(None)
+    );
+    assert_eq!(wrong_login_left(&w), Some(9));
+    // Cut the leader off from its peers; clients can still reach it.
+    cut_off(&links, l, true);
+    let on_leader = w.on(l);
+    let t0 = Instant::now();
+    let r = on_leader.login(b"wrong password");
+    assert_eq!(
+        r.ke2_attempts_remaining, None,
+        "a cut-off leader released a KE2: {:?}",
+        r.outcome
+    );
+    assert!(unavailable(&r.outcome), "{:?}", r.outcome);
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // The other two elect a leader and serve; the cut-off leader's
+    // uncommitted attempt was never committed, so it counts nowhere.
+    let second = realm.wait_leader(&[l]);
+    assert_ne!(second, l);
+    let mut others = w.clone();
+    others.bases = (0..3)
+        .filter(|&i| i != l)
+        .map(|i| realm.url(i, ""))
+        .collect();
+    assert_eq!(wrong_login_left(&others), Some(8));
+    // Healed, the old leader follows the new one and takes its log.
+    cut_off(&links, l, false);
+    let t0 = Instant::now();
+    loop {
+        let idx: Vec<Option<u64>> = (0..3)
+            .map(|i| realm.metric(i, "coffer_vault_nvram_generation"))
+            .collect();
+        if idx.iter().all(|x| x.is_some() && *x == idx[0])
+            && realm.metric(l, "coffer_vault_realm_leading") == Some(0)
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no convergence after the cut healed: {idx:?}\n{}",
+            realm.log_text(l)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(wrong_login_left(&w), Some(7));
+    assert_eq!(
+        w.login_eventually(b"right").0,
+        Outcome::Ok(Some(key_of(999)))
     );
 }
