@@ -359,6 +359,15 @@ impl<P: Platform> Core<P> {
         }
     }
 
+    /// The buckets the host must read for a batch: [`Core::bucket_for`] of
+    /// each input, sorted, each once.
+    pub fn buckets_for(&self, inputs: &[Input]) -> Vec<u16> {
+        let mut wanted: Vec<u16> = inputs.iter().filter_map(|i| self.bucket_for(i)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        wanted
+    }
+
     /// Step 1: handles a batch against the buckets the host read. Returns the
     /// writes to commit; the replies wait in the core until [`Core::commit`].
     pub fn prepare(

@@ -1168,26 +1168,12 @@ impl<P: Platform> Core<P> {
         };
         if let Some((_, m)) = at(slot.index) {
             if *m == slot.mac {
-                let upto = slot.index;
-                let chain: Vec<_> = entries[..(upto - a) as usize]
-                    .iter()
-                    .map(|(e, m)| (*m, e.root))
-                    .collect();
-                if let Some(r) = self.repl.as_mut() {
-                    r.chain.truncate(1);
-                    r.chain.extend(chain);
-                    r.ready = true;
-                }
-                self.refusing = None;
-                return Ok(upto);
+                self.resynced(&entries[..(slot.index - a) as usize]);
+                return Ok(slot.index);
             }
         }
         if slot.index == a && slot.mac == amac {
-            if let Some(r) = self.repl.as_mut() {
-                r.chain.truncate(1);
-                r.ready = true;
-            }
-            self.refusing = None;
+            self.resynced(&[]);
             return Ok(a);
         }
         let c = cert.ok_or(ReplicaError::State(
@@ -1204,17 +1190,18 @@ impl<P: Platform> Core<P> {
         }
         slot2.advance(te, tm)?;
         self.write_slot(slot2)?;
-        let chain: Vec<_> = entries[..(target - a) as usize]
-            .iter()
-            .map(|(e, m)| (*m, e.root))
-            .collect();
+        self.resynced(&entries[..(target - a) as usize]);
+        Ok(target)
+    }
+
+    /// The log after the applied entry is now `after` (checked): ready.
+    fn resynced(&mut self, after: &[(Entry, Mac)]) {
         if let Some(r) = self.repl.as_mut() {
             r.chain.truncate(1);
-            r.chain.extend(chain);
+            r.chain.extend(after.iter().map(|(e, m)| (*m, e.root)));
             r.ready = true;
         }
         self.refusing = None;
-        Ok(target)
     }
 
     fn group_ctx(&self) -> Result<GroupContext<'_>, ReplicaError> {

@@ -203,13 +203,12 @@ impl MemRealm {
         &mut self,
         inputs: Vec<Input>,
     ) -> Result<Vec<Result<Vec<u8>, CoreError>>, CoreError> {
-        let mut wanted: Vec<u16> = inputs
-            .iter()
-            .filter_map(|i| self.core.bucket_for(i))
+        let buckets = self
+            .core
+            .buckets_for(&inputs)
+            .into_iter()
+            .map(|b| self.store.bucket(b))
             .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let buckets = wanted.into_iter().map(|b| self.store.bucket(b)).collect();
         let writes = self.core.prepare(inputs, buckets)?;
         self.store.apply(&writes);
         if let Some(j) = &mut self.journal {

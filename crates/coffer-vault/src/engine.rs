@@ -96,9 +96,7 @@ fn run(
             senders.push(j.reply);
         }
         let n = inputs.len() as u64;
-        let mut wanted: Vec<u16> = inputs.iter().filter_map(|i| core.bucket_for(i)).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
+        let wanted = core.buckets_for(&inputs);
         let fail_all = |senders: Vec<oneshot::Sender<Result<Vec<u8>, CoreError>>>, e: CoreError| {
             for s in senders {
                 let _ = s.send(Err(e.clone()));

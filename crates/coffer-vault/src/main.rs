@@ -33,18 +33,8 @@ enum Command {
         /// Address clients reach the API at, e.g. http://127.0.0.1:8420.
         #[arg(long)]
         address: String,
-        /// Highest guess limit a registration may ask for.
-        #[arg(long, default_value_t = 10)]
-        max_attempts_limit: u8,
-        /// Argon2id memory (KiB) clients pin for the OPAQUE key-stretching function.
-        #[arg(long, default_value_t = 65536)]
-        ksf_memory_kib: u32,
-        /// Argon2id passes.
-        #[arg(long, default_value_t = 3)]
-        ksf_iterations: u32,
-        /// Argon2id lanes.
-        #[arg(long, default_value_t = 1)]
-        ksf_parallelism: u32,
+        #[command(flatten)]
+        params: RealmParams,
         #[command(flatten)]
         custody: CustodyArgs,
     },
@@ -115,6 +105,34 @@ enum Command {
     },
 }
 
+/// What a realm fixes for its clients.
+#[derive(Debug, Clone, clap::Args)]
+struct RealmParams {
+    /// Highest guess limit a registration may ask for.
+    #[arg(long, default_value_t = 10)]
+    max_attempts_limit: u8,
+    /// Argon2id memory (KiB) clients pin for the OPAQUE key-stretching function.
+    #[arg(long, default_value_t = 65536)]
+    ksf_memory_kib: u32,
+    /// Argon2id passes.
+    #[arg(long, default_value_t = 3)]
+    ksf_iterations: u32,
+    /// Argon2id lanes.
+    #[arg(long, default_value_t = 1)]
+    ksf_parallelism: u32,
+}
+
+impl RealmParams {
+    fn ksf(&self) -> KsfParams {
+        KsfParams {
+            memory_kib: self.ksf_memory_kib,
+            iterations: self.ksf_iterations,
+            parallelism: self.ksf_parallelism,
+            ..KsfParams::default()
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum RealmCommand {
     /// Create a realm of several nodes: <out>/node-i/ (data, NVRAM) per node and <out>/realm.json.
@@ -130,18 +148,8 @@ enum RealmCommand {
         /// log and leader, so a realm's leaders spread over its nodes (1 to 16).
         #[arg(long, default_value_t = 1)]
         groups: u8,
-        /// Highest guess limit a registration may ask for.
-        #[arg(long, default_value_t = 10)]
-        max_attempts_limit: u8,
-        /// Argon2id memory (KiB) clients pin for the OPAQUE key-stretching function.
-        #[arg(long, default_value_t = 65536)]
-        ksf_memory_kib: u32,
-        /// Argon2id passes.
-        #[arg(long, default_value_t = 3)]
-        ksf_iterations: u32,
-        /// Argon2id lanes.
-        #[arg(long, default_value_t = 1)]
-        ksf_parallelism: u32,
+        #[command(flatten)]
+        params: RealmParams,
         #[command(flatten)]
         custody: CustodyArgs,
     },
@@ -169,23 +177,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             data,
             nvram,
             address,
-            max_attempts_limit,
-            ksf_memory_kib,
-            ksf_iterations,
-            ksf_parallelism,
+            params,
             custody,
         } => {
             let desc = realm::init(&InitOptions {
                 data: data.clone(),
                 nvram,
                 address,
-                max_attempts_limit,
-                ksf: KsfParams {
-                    memory_kib: ksf_memory_kib,
-                    iterations: ksf_iterations,
-                    parallelism: ksf_parallelism,
-                    ..KsfParams::default()
-                },
+                max_attempts_limit: params.max_attempts_limit,
+                ksf: params.ksf(),
                 custody: custody.clone(),
             })?;
             println!(
@@ -200,22 +200,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             out,
             nodes,
             groups,
-            max_attempts_limit,
-            ksf_memory_kib,
-            ksf_iterations,
-            ksf_parallelism,
+            params,
             custody,
         }) => {
             let desc = realm::realm_new(&realm::RealmNewOptions {
                 out: out.clone(),
                 nodes: nodes.clone(),
-                max_attempts_limit,
-                ksf: KsfParams {
-                    memory_kib: ksf_memory_kib,
-                    iterations: ksf_iterations,
-                    parallelism: ksf_parallelism,
-                    ..KsfParams::default()
-                },
+                max_attempts_limit: params.max_attempts_limit,
+                ksf: params.ksf(),
                 custody: custody.clone(),
                 groups,
             })?;

@@ -907,12 +907,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
             senders.push(reply);
         }
         let n = inputs.len() as u64;
-        let mut wanted: Vec<u16> = inputs
-            .iter()
-            .filter_map(|i| self.core.bucket_for(i))
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
+        let wanted = self.core.buckets_for(&inputs);
         let buckets = match self.store.buckets(&wanted) {
             Ok(b) => b,
             Err(e) => {

@@ -148,6 +148,12 @@ impl Store {
 
     /// Commits a batch's writes durably, in one transaction.
     pub fn commit(&self, w: &StoreWrites) -> Result<(), StoreError> {
+        self.write(w, None)
+    }
+
+    /// Records, leaves, and the marker (single node) or the applied index
+    /// (replicated member), in one durable transaction.
+    fn write(&self, w: &StoreWrites, applied: Option<u64>) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
@@ -160,9 +166,13 @@ impl Store {
             for (b, h) in &w.leaves {
                 leaves.insert(*b, &h[..]).map_err(|e| self.err(e))?;
             }
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             if let Some(m) = &w.marker {
-                let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
                 meta.insert("marker", m.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            if let Some(a) = applied {
+                meta.insert("applied", &a.to_be_bytes()[..])
                     .map_err(|e| self.err(e))?;
             }
         }
@@ -262,23 +272,7 @@ impl Store {
     /// Writes an applied entry's records and leaves and the applied index
     /// (one transaction).
     pub fn apply(&self, w: &StoreWrites, applied: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
-            for (id, sealed) in &w.records {
-                records
-                    .insert(&id[..], sealed.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            let mut leaves = txn.open_table(LEAVES).map_err(|e| self.err(e))?;
-            for (b, h) in &w.leaves {
-                leaves.insert(*b, &h[..]).map_err(|e| self.err(e))?;
-            }
-            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-            meta.insert("applied", &applied.to_be_bytes()[..])
-                .map_err(|e| self.err(e))?;
-        }
-        txn.commit().map_err(|e| self.err(e))
+        self.write(w, Some(applied))
     }
 
     /// Number of records (erased ones included: they stay as same-size tombstones).

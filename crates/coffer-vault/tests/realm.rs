@@ -185,6 +185,33 @@ impl Realm {
         }
     }
 
+    /// Waits until every node has applied the same index, and those in
+    /// `followers` do not lead.
+    fn wait_converged(&self, followers: &[usize]) {
+        let t0 = Instant::now();
+        loop {
+            let idx: Vec<Option<u64>> = (0..self.nodes.len())
+                .map(|i| self.metric(i, "coffer_vault_nvram_generation"))
+                .collect();
+            if idx.iter().all(|x| x.is_some() && *x == idx[0])
+                && followers
+                    .iter()
+                    .all(|&f| self.metric(f, "coffer_vault_realm_leading") == Some(0))
+            {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no convergence: {idx:?}\n{}",
+                (0..self.nodes.len())
+                    .map(|i| self.log_text(i))
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn token(&self, user: &str) -> String {
         // Minted from node 1's data directory; every node shares the
         // tenants file (realm-wide tenants).
@@ -472,20 +499,7 @@ fn three_nodes_survive_a_leader_kill_then_stop_without_a_majority() {
         Outcome::Ok(Some(key_of(999)))
     );
     // All three nodes converge on one log.
-    let t0 = Instant::now();
-    loop {
-        let idx: Vec<Option<u64>> = (0..3)
-            .map(|i| realm.metric(i, "coffer_vault_nvram_generation"))
-            .collect();
-        if idx.iter().all(|x| x.is_some() && *x == idx[0]) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no convergence: {idx:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    realm.wait_converged(&[]);
 }
 
 #[test]
@@ -758,23 +772,7 @@ fn a_cut_off_leader_serves_no_guess_and_rejoins() {
     assert_eq!(wrong_login_left(&others), Some(8));
     // Healed, the old leader follows the new one and takes its log.
     cut_off(&links, l, false);
-    let t0 = Instant::now();
-    loop {
-        let idx: Vec<Option<u64>> = (0..3)
-            .map(|i| realm.metric(i, "coffer_vault_nvram_generation"))
-            .collect();
-        if idx.iter().all(|x| x.is_some() && *x == idx[0])
-            && realm.metric(l, "coffer_vault_realm_leading") == Some(0)
-        {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no convergence after the cut healed: {idx:?}\n{}",
-            realm.log_text(l)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    realm.wait_converged(&[l]);
     assert_eq!(wrong_login_left(&w), Some(7));
     assert_eq!(
         w.login_eventually(b"right").0,

@@ -9,7 +9,7 @@ use crate::peer::LogItem;
 use crate::replica::{AckEffect, MemberStore};
 use crate::testing::{MemPlatform, MemStore, Vault};
 use crate::transition::Body;
-use crate::{Core, CoreError, Input, Platform, RealmConfig, StartState};
+use crate::{Core, CoreError, Input, Platform, RealmConfig, StartState, StoreWrites};
 
 /// One member: its core, NVRAM (in the platform), store and log.
 pub struct MemMember {
@@ -340,22 +340,7 @@ impl MemGroup {
     pub fn batch(&mut self, inputs: Vec<Input>) -> Result<Vec<Result<Vec<u8>, CoreError>>, String> {
         let l = self.leader.ok_or("no leader")?;
         self.apply(l);
-        let m = &mut self.members[l];
-        let mut wanted: Vec<u16> = inputs.iter().filter_map(|i| m.core.bucket_for(i)).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let buckets = wanted.into_iter().map(|b| m.store.bucket(b)).collect();
-        let p = m.core.propose(inputs, buckets).map_err(|e| e.to_string())?;
-        let index = p.entry.index;
-        m.log.truncate((index - 1) as usize);
-        m.log.push(LogItem {
-            entry: p.entry,
-            mac: p.mac,
-            body: p.body,
-        });
-        let own = m.core.persisted().map_err(|e| e.to_string())?;
-        m.core.on_ack(&own);
-        let writes = p.writes;
+        let (index, writes) = self.propose(inputs)?;
         self.replicate()?;
         let m = &mut self.members[l];
         if m.core.inflight_committed() != Some(index) {
@@ -370,12 +355,20 @@ impl MemGroup {
     /// The leader proposes a batch and keeps it to itself (its messages to
     /// the others are lost): an uncommitted entry in its log.
     pub fn propose_unsent(&mut self, inputs: Vec<Input>) -> Result<u64, String> {
+        Ok(self.propose(inputs)?.0)
+    }
+
+    /// The leader proposes, writes the entry to its log, persists, counts
+    /// its own ack; returns the index and the records to write on commit.
+    fn propose(&mut self, inputs: Vec<Input>) -> Result<(u64, StoreWrites), String> {
         let l = self.leader.ok_or("no leader")?;
         let m = &mut self.members[l];
-        let mut wanted: Vec<u16> = inputs.iter().filter_map(|i| m.core.bucket_for(i)).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let buckets = wanted.into_iter().map(|b| m.store.bucket(b)).collect();
+        let buckets = m
+            .core
+            .buckets_for(&inputs)
+            .into_iter()
+            .map(|b| m.store.bucket(b))
+            .collect();
         let p = m.core.propose(inputs, buckets).map_err(|e| e.to_string())?;
         let index = p.entry.index;
         m.log.truncate((index - 1) as usize);
@@ -386,7 +379,7 @@ impl MemGroup {
         });
         let own = m.core.persisted().map_err(|e| e.to_string())?;
         m.core.on_ack(&own);
-        Ok(index)
+        Ok((index, p.writes))
     }
 }
 
