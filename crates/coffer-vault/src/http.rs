@@ -166,6 +166,17 @@ fn data_group(state: &AppState, frame: &[u8]) -> u8 {
 
 const FORWARDED: &str = "x-coffer-forwarded";
 
+/// One pooled agent for every forwarded request (keep-alive to the leader).
+fn forward_agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| {
+        crate::net::agent(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(10),
+        )
+    })
+}
+
 /// Relays a client request to the leader and its answer back.
 async fn forward(url: String, path: &'static str, headers: &HeaderMap, body: Bytes) -> Response {
     let auth = headers
@@ -174,13 +185,7 @@ async fn forward(url: String, path: &'static str, headers: &HeaderMap, body: Byt
         .map(str::to_string);
     let endpoint = format!("{}{path}", url.trim_end_matches('/'));
     let res = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(std::time::Duration::from_millis(500)))
-            .timeout_global(Some(std::time::Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut req = agent
+        let mut req = forward_agent()
             .post(&endpoint)
             .header(FORWARDED, "1")
             .header("content-type", "application/octet-stream");

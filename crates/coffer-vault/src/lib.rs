@@ -10,6 +10,7 @@ pub mod engine;
 pub mod http;
 pub mod member;
 pub mod metrics;
+pub mod net;
 pub use coffer_vault_core::peer;
 pub mod platform;
 pub mod ratelimit;

@@ -1,8 +1,9 @@
 //! The host's replication state machine for one group on one node (ADR
 //! 0011–0014), sans-io: it owns the group's core and store, and is driven by
 //! client frames, peer messages, peer answers and timer ticks, each with
-//! the current time in ms. What it wants sent comes out of
-//! [`Member::take_outbox`]. The daemon drives it from a thread with real
+//! the current time in ms; after each run of events the driver calls
+//! [`Member::pump`], which commits, releases and proposes. What it wants
+//! sent comes out of [`Member::take_outbox`]. The daemon drives it from a thread with real
 //! time and HTTP (`replication.rs`); the deterministic simulation drives it
 //! with virtual time and a seeded network (`tests/realm_sim.rs`), so both
 //! run this exact code over real cores.
@@ -280,20 +281,27 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
         std::mem::take(&mut self.outbox)
     }
 
-    /// A client frame, with where its answer goes.
+    /// A client frame, with where its answer goes. It waits for the next
+    /// [`Member::pump`], so frames that arrive together form one batch.
     pub fn on_client(&mut self, now: u64, input: JobInput, reply: R) {
         self.now = now;
         self.queue.push_back(Waiting {
             job: (input, reply),
             since: self.now,
         });
-        self.pump();
+    }
+
+    /// Leader work after a run of events: apply what committed, release
+    /// its replies, propose the queued frames as the next batch.
+    pub fn pump(&mut self, now: u64) {
+        self.now = now;
+        self.pump_now();
     }
 
     /// A peer's message; returns the answer to send back.
     pub fn on_peer(&mut self, now: u64, msg: PeerMsg) -> PeerReply {
         self.now = now;
-        let r = match msg {
+        match msg {
             PeerMsg::Append {
                 from,
                 epoch,
@@ -302,9 +310,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
             } => self.on_append(from, epoch, items, cert),
             PeerMsg::Poll { .. } => self.reply(None),
             PeerMsg::VoteReq { from, request, .. } => self.on_vote_req(from, &request),
-        };
-        self.pump();
-        r
+        }
     }
 
     /// A peer's answer to our message (None: it never came).
@@ -315,14 +321,12 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
             self.last_reply.insert(from, self.now);
             self.on_reply(from, r);
         }
-        self.pump();
     }
 
     /// The timer (every [`TICK`] ms).
     pub fn tick(&mut self, now: u64) {
         self.now = now;
         self.on_tick();
-        self.pump();
     }
 
     fn learn_cert(&mut self, cert: Option<Certificate>) {
@@ -844,7 +848,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
     }
 
     /// Leader work: apply what committed, release replies, propose the next batch.
-    fn pump(&mut self) {
+    fn pump_now(&mut self) {
         if !self.is_leader() {
             if !self.queue.is_empty() && self.leader.is_some_and(|l| l != self.me) {
                 // A frame reached a follower (the leader changed under the
@@ -963,7 +967,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
         }
         // A one-node realm commits on its own ack.
         if self.core.inflight_committed().is_some() {
-            self.pump();
+            self.pump_now();
         }
     }
 

@@ -108,20 +108,33 @@ fn run(
     let (mut batches, mut frames) = (0, 0);
     loop {
         let wait = next_tick.saturating_sub(ms(epoch));
-        match rx.recv_timeout(Duration::from_millis(wait)) {
-            Ok(Event::Client(job)) => m.on_client(ms(epoch), job.input, job.reply),
-            Ok(Event::Peer(msg, reply)) => {
-                let r = m.on_peer(ms(epoch), msg);
-                let _ = reply.send(r.encode());
-            }
-            Ok(Event::Reply(from, r)) => m.on_answer(ms(epoch), from, r),
-            Err(RecvTimeoutError::Timeout) => {}
+        let mut event = match rx.recv_timeout(Duration::from_millis(wait)) {
+            Ok(ev) => Some(ev),
+            Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
+        };
+        // Take what else is queued before the member acts, so client frames
+        // that arrived together form one batch.
+        let mut taken = 0;
+        while let Some(ev) = event.take() {
+            match ev {
+                Event::Client(job) => m.on_client(ms(epoch), job.input, job.reply),
+                Event::Peer(msg, reply) => {
+                    let r = m.on_peer(ms(epoch), msg);
+                    let _ = reply.send(r.encode());
+                }
+                Event::Reply(from, r) => m.on_answer(ms(epoch), from, r),
+            }
+            taken += 1;
+            if taken < crate::engine::MAX_BATCH {
+                event = rx.try_recv().ok();
+            }
         }
         if ms(epoch) >= next_tick {
             m.tick(ms(epoch));
             next_tick = ms(epoch) + TICK;
         }
+        m.pump(ms(epoch));
         for (to, msg) in m.take_outbox() {
             if let Some(tx) = out.get(&to) {
                 // A full queue drops the message: the member sends again
@@ -145,12 +158,7 @@ fn run(
 
 /// Posts messages to one peer, in order; answers go back as events.
 fn sender(peer: NodeId, url: String, rx: Receiver<Vec<u8>>, events: Sender<Event>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_millis(300)))
-        .timeout_global(Some(Duration::from_secs(3)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = crate::net::agent(Duration::from_millis(300), Duration::from_secs(3));
     let endpoint = format!("{}/v1/peer", url.trim_end_matches('/'));
     while let Ok(body) = rx.recv() {
         let reply = agent

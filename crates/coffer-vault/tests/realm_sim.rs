@@ -247,6 +247,7 @@ impl Node for SNode {
                 m.on_client(now, input, SimResp { req, sink });
             }
         }
+        m.pump(now);
         self.flush(ctx);
     }
 
@@ -254,6 +255,7 @@ impl Node for SNode {
         self.clock(ctx);
         if let Some(m) = self.member.as_mut() {
             m.tick(ctx.now());
+            m.pump(ctx.now());
         }
         self.flush(ctx);
     }
