@@ -79,6 +79,10 @@ enum Cmd {
     All(Box<AllArgs>),
     /// Raw opaque-ke and the in-process core; prints JSON (used by `all`).
     Raw(RawArgs),
+    /// Replicated realms (issue 4 point 6): the same whole-path workload
+    /// against a single-node vault (`init`) and `realm new` realms of N
+    /// nodes, sent to the leader (and, for one size, to a follower).
+    Realm(Box<RealmArgs>),
     /// Where the server's CPU goes: `perf script` output (from a `--perf`
     /// phase) on stdin, grouped by what each sample's call stack is doing.
     PerfSummary {
@@ -86,6 +90,10 @@ enum Cmd {
         /// unprofiled C=64 phase); 0: shares only.
         #[arg(long, default_value_t = 0.0)]
         us_per_login: f64,
+        /// Group by the realm categories (log, peers, forwarding) of
+        /// `loginbench realm`, for a node of a replicated realm.
+        #[arg(long)]
+        realm: bool,
     },
 }
 
@@ -175,7 +183,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::All(a) => run_all(&a),
-        Cmd::PerfSummary { us_per_login } => perf_summary(us_per_login),
+        Cmd::Realm(a) => run_realms(&a),
+        Cmd::PerfSummary {
+            us_per_login,
+            realm,
+        } => perf_summary(us_per_login, realm),
     }
 }
 
@@ -1480,7 +1492,7 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
             profile = format!(
                 "\nProfile (run {run}, C={c}, `perf record -F 1999 --call-graph {}` on the server; samples grouped by call stack, µs/login = share × the unprofiled phase's {us:.0} µs of server CPU per login):\n\n{}",
                 a.perf_callgraph,
-                summarize(&script.stdout[..], us)?
+                summarize(&script.stdout[..], us, CATEGORIES)?
             );
         }
         d.stop();
@@ -1685,6 +1697,1488 @@ fn render(runs: &[RunResult]) -> String {
     s
 }
 
+// ---------------------------------------------------------------- replicated realms
+
+#[derive(clap::Args, Clone)]
+// A later value wins (bench/realm.sh passes defaults before the user's arguments).
+#[command(args_override_self = true)]
+struct RealmArgs {
+    /// The coffer-vault binary.
+    #[arg(long, default_value = "target/release/coffer-vault")]
+    bin: PathBuf,
+    /// Setups, in order: `single` (`coffer-vault init`, the baseline) or a
+    /// node count (`coffer-vault realm new` with that many nodes).
+    #[arg(long, value_delimiter = ',', default_value = "single,1,3,5")]
+    setups: Vec<String>,
+    /// Concurrent clients of the measured phases.
+    #[arg(long, value_delimiter = ',', default_value = "1,32,128")]
+    concurrency: Vec<usize>,
+    /// Logins per measured phase (at most).
+    #[arg(long, default_value_t = 6000)]
+    phase_logins: usize,
+    /// Seconds per measured phase (at most).
+    #[arg(long, default_value_t = 8.0)]
+    phase_secs: f64,
+    /// The realm size whose phases are also run against a follower (it
+    /// forwards every request to the leader); 0: none.
+    #[arg(long, default_value_t = 3)]
+    follower_nodes: usize,
+    /// CPUs the vault processes run on (a taskset list; all nodes share them).
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// CPUs of the load generator (a taskset list).
+    #[arg(long, default_value = "1")]
+    client_cpus: String,
+    /// Client threads registering users (Argon2id once per user).
+    #[arg(long, default_value_t = 8)]
+    register_threads: usize,
+    /// Correct-password logins after each phase (the client's Argon2id each),
+    /// round-robin over the nodes; each must release that user's own key.
+    #[arg(long, default_value_t = 10)]
+    probes: usize,
+    /// Count flushes (fsync, fdatasync) per node with `perf stat` in an
+    /// extra phase at this concurrency (0: skip; needs perf).
+    #[arg(long, default_value_t = 32)]
+    flush_concurrency: usize,
+    /// Logins of the flush-counting phase (at most; 4 s at most).
+    #[arg(long, default_value_t = 2000)]
+    flush_logins: usize,
+    /// Profile every node of the realm of this size with `perf record` in an
+    /// extra phase (0: none).
+    #[arg(long, default_value_t = 0)]
+    perf_nodes: usize,
+    /// Concurrency of the profiled phase.
+    #[arg(long, default_value_t = 128)]
+    perf_concurrency: usize,
+    /// `perf record` call-graph option (`fp`, `dwarf`, or `none`).
+    #[arg(long, default_value = "dwarf")]
+    perf_callgraph: String,
+    /// Where results go (results.md, results.json, node logs, perf data).
+    #[arg(long, default_value = "bench/work/realm")]
+    out: PathBuf,
+    /// Before each measured phase, wait until all CPUs together are less
+    /// busy than this fraction.
+    #[arg(long, default_value_t = 0.08)]
+    quiet_threshold: f64,
+    /// Longest wait for a quiet machine, seconds (then measure anyway).
+    #[arg(long, default_value_t = 60.0)]
+    quiet_wait_secs: f64,
+    /// Working directory for realms (default: a temporary directory).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+}
+
+/// Guess limit every benchmark user registers with.
+const MAX_ATTEMPTS: u8 = 10;
+/// Users kept for the correct-password probes (never given a wrong login).
+const PROBE_USERS: usize = 16;
+
+/// Each user's own key, so a released key proves whose it is.
+fn key_of(user: usize) -> [u8; 32] {
+    let mut k = [0x5au8; 32];
+    k[..8].copy_from_slice(&(user as u64).to_le_bytes());
+    k
+}
+
+fn password_of(user: usize) -> Vec<u8> {
+    format!("correct horse {user}").into_bytes()
+}
+
+/// The CPUs of a taskset list ("0", "0,1", "0-3").
+fn cpu_list(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut v = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => v.extend(a.parse::<usize>()?..=b.parse::<usize>()?),
+            None => v.push(part.parse()?),
+        }
+    }
+    ensure!(!v.is_empty(), "empty CPU list {s:?}");
+    Ok(v)
+}
+
+fn cpus_busy_ticks(cpus: &[usize]) -> anyhow::Result<u64> {
+    cpus.iter().map(|&c| cpu_busy_ticks(c)).sum()
+}
+
+/// utime + stime of each live thread of `pid`, summed by thread group.
+fn thread_ticks(pid: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in dir.filter_map(|e| e.ok()) {
+        let Ok(s) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(l), Some(r)) = (s.find('('), s.rfind(')')) else {
+            continue;
+        };
+        let comm = &s[l + 1..r];
+        let group = if comm.starts_with("peer-") {
+            "peer senders".to_string()
+        } else if comm.starts_with("tokio") {
+            "tokio (HTTP workers, blocking pool)".to_string()
+        } else if comm == "coffer-vault" {
+            "main (HTTP accept)".to_string()
+        } else {
+            comm.to_string()
+        };
+        let f: Vec<&str> = s[r + 1..].split_whitespace().collect();
+        let t = f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        *out.entry(group).or_default() += t;
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Single,
+    Realm(usize),
+}
+
+impl Setup {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        if s == "single" {
+            return Ok(Self::Single);
+        }
+        let n: usize = s
+            .parse()
+            .map_err(|_| anyhow!("setup {s:?}: `single` or a node count"))?;
+        ensure!((1..=7).contains(&n), "setup {s:?}: 1 to 7 nodes");
+        Ok(Self::Realm(n))
+    }
+    fn name(&self) -> String {
+        match self {
+            Self::Single => "single node (`init`)".into(),
+            Self::Realm(1) => "realm, 1 node".into(),
+            Self::Realm(n) => format!("realm, {n} nodes"),
+        }
+    }
+    fn nodes(&self) -> usize {
+        match self {
+            Self::Single => 1,
+            Self::Realm(n) => *n,
+        }
+    }
+}
+
+struct VNode {
+    /// 1-based, as in `realm new`.
+    id: usize,
+    base: String,
+    child: Child,
+}
+
+impl VNode {
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for VNode {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid()]).status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    setup: Setup,
+    nodes: Vec<VNode>,
+    realm: RealmDescriptor,
+    /// Tokens of the measured users, then of the probe users.
+    tokens: Vec<String>,
+    measured_users: usize,
+    /// Wrong logins sent per measured user (the next answer's attempts left follow).
+    spent: Vec<AtomicUsize>,
+    /// Next measured-user slot.
+    cursor: AtomicUsize,
+    probes: AtomicUsize,
+}
+
+fn spawn_serve(
+    a: &RealmArgs,
+    data: &Path,
+    nvram: &Path,
+    port: u16,
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
+    Ok(Command::new("taskset")
+        .args(["-c", &a.server_cpus])
+        .arg(&a.bin)
+        .args(["serve", "--data"])
+        .arg(data)
+        .arg("--nvram")
+        .arg(nvram)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--user-burst",
+            "100000",
+            "--user-rate-per-minute",
+            "10000000",
+        ])
+        .args([
+            "--tenant-burst",
+            "10000000",
+            "--tenant-rate-per-second",
+            "10000000",
+        ])
+        .env("COFFER_VAULT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+fn start_cluster(
+    a: &RealmArgs,
+    setup: Setup,
+    dir: &Path,
+    measured_users: usize,
+) -> anyhow::Result<Cluster> {
+    let n = setup.nodes();
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let ksf_args = [
+        "--ksf-memory-kib".to_string(),
+        KSF_MEMORY_KIB.to_string(),
+        "--ksf-iterations".to_string(),
+        KSF_ITERATIONS.to_string(),
+    ];
+    // (data dir, nvram file) per node; `token` writes the shared tenants file.
+    let (paths, token_dir): (Vec<(PathBuf, PathBuf)>, PathBuf) = match setup {
+        Setup::Single => {
+            let data = dir.join("data");
+            let nvram = dir.join("nvram").join("anchor.bin");
+            std::fs::create_dir_all(nvram.parent().context("nvram dir")?)?;
+            let out = Command::new(&a.bin)
+                .args(["init", "--data"])
+                .arg(&data)
+                .arg("--nvram")
+                .arg(&nvram)
+                .args(["--address", &urls[0]])
+                .args(&ksf_args)
+                .output()
+                .with_context(|| format!("running {}", a.bin.display()))?;
+            ensure!(
+                out.status.success(),
+                "coffer-vault init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (vec![(data.clone(), nvram)], data)
+        }
+        Setup::Realm(_) => {
+            let mut cmd = Command::new(&a.bin);
+            cmd.args(["realm", "new", "--out"]).arg(dir);
+            for u in &urls {
+                cmd.args(["--node", u]);
+            }
+            let out = cmd
+                .args(&ksf_args)
+                .output()
+                .with_context(|| format!("running {}", a.bin.display()))?;
+            ensure!(
+                out.status.success(),
+                "coffer-vault realm new: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let paths = (1..=n)
+                .map(|i| {
+                    let d = dir.join(format!("node-{i}"));
+                    let nv = d.join("nvram");
+                    (d, nv)
+                })
+                .collect();
+            (paths, dir.join("node-1"))
+        }
+    };
+    let realm =
+        RealmDescriptor::from_json(&std::fs::read_to_string(paths[0].0.join("realm.json"))?)?;
+    let users = measured_users + PROBE_USERS;
+    // `coffer-vault token` in process (same library function), before serve.
+    let tokens = (0..users)
+        .map(|i| coffer_vault::tenants::dev_token(&token_dir, TENANT, &format!("user-{i}"), 86_400))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tag = match setup {
+        Setup::Single => "single".to_string(),
+        Setup::Realm(n) => format!("realm{n}"),
+    };
+    let mut nodes = Vec::new();
+    for (i, ((data, nvram), port)) in paths.iter().zip(&ports).enumerate() {
+        let log = a.out.join(format!("{tag}-node{}.log", i + 1));
+        nodes.push(VNode {
+            id: i + 1,
+            base: urls[i].clone(),
+            child: spawn_serve(a, data, nvram, *port, &log)?,
+        });
+    }
+    let t0 = Instant::now();
+    for nd in &mut nodes {
+        loop {
+            if get_text(&format!("{}/healthz", nd.base)).is_ok() {
+                break;
+            }
+            if let Ok(Some(st)) = nd.child.try_wait() {
+                bail!("node {}: coffer-vault serve exited: {st}", nd.id);
+            }
+            ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "vault did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(Cluster {
+        setup,
+        nodes,
+        realm,
+        tokens,
+        measured_users,
+        spent: (0..measured_users).map(|_| AtomicUsize::new(0)).collect(),
+        cursor: AtomicUsize::new(0),
+        probes: AtomicUsize::new(0),
+    })
+}
+
+fn metric(m: &HashMap<String, f64>, k: &str) -> f64 {
+    m.get(k).copied().unwrap_or(0.0)
+}
+
+/// The leader's index in `cl.nodes` (found by `coffer_vault_realm_leading`);
+/// waits for exactly one leader that serves, then for its first heartbeats.
+fn find_leader(cl: &Cluster) -> anyhow::Result<usize> {
+    if cl.setup == Setup::Single {
+        return Ok(0);
+    }
+    let t0 = Instant::now();
+    loop {
+        let ms: Vec<Option<HashMap<String, f64>>> =
+            cl.nodes.iter().map(|n| metrics(&n.base).ok()).collect();
+        let leaders: Vec<usize> = ms
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                m.as_ref().is_some_and(|m| {
+                    metric(m, "coffer_vault_realm_leading") == 1.0
+                        && metric(m, "coffer_vault_refusing") == 0.0
+                })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if leaders.len() == 1 {
+            // Followers learn the leader's URL from its heartbeats (50 ms).
+            std::thread::sleep(Duration::from_millis(400));
+            return Ok(leaders[0]);
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no single leader after 30 s ({} leading)",
+            leaders.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Registers every user through `node` (Argon2id on the client, both CPUs).
+fn register_users(a: &RealmArgs, cl: &Cluster, node: usize) -> anyhow::Result<()> {
+    let base = &cl.nodes[node].base;
+    let agents: Vec<ureq::Agent> = (0..a.register_threads.max(1)).map(|_| agent()).collect();
+    let next = AtomicUsize::new(0);
+    par_map((0..cl.tokens.len()).collect(), a.register_threads, |i| {
+        let ag = &agents[next.fetch_add(1, Ordering::Relaxed) % agents.len()];
+        let pw = password_of(i);
+        let (reg, req) = Registration::start(&mut OsRng, &pw, MAX_ATTEMPTS, false)?;
+        let (mut ch, frame) = ClientChannel::open(&cl.realm, &req, now_ms(), &mut OsRng)?;
+        let body = post(ag, &format!("{base}/v1/open"), Some(&cl.tokens[i]), &frame)?;
+        let resp = ch.receive(&body)?;
+        let up = reg.finish(&mut OsRng, &cl.realm, &pw, &resp, &key_of(i))?;
+        let frame = ch.send(&up, now_ms())?;
+        let body = post(ag, &format!("{base}/v1/send"), None, &frame)?;
+        match ch.receive(&body)? {
+            Response::Registered { .. } => Ok(()),
+            other => bail!("registration of user {i}: {other:?}"),
+        }
+    })?;
+    Ok(())
+}
+
+/// One correct-password login of a probe user through `node`: the vault must
+/// release exactly that user's key.
+fn probe_login(ag: &ureq::Agent, cl: &Cluster, node: usize, user: usize) -> anyhow::Result<()> {
+    let base = &cl.nodes[node].base;
+    let pw = password_of(user);
+    let (mut login, ke1) = Login::start(&mut OsRng, &pw)?;
+    let (mut ch, frame) = ClientChannel::open(&cl.realm, &ke1, now_ms(), &mut OsRng)?;
+    let resp = ch.receive(&post(
+        ag,
+        &format!("{base}/v1/open"),
+        Some(&cl.tokens[user]),
+        &frame,
+    )?)?;
+    let (ke3, wrong) = login.finish(&mut OsRng, &cl.realm, &pw, &resp)?;
+    ensure!(!wrong, "user {user}: the correct password did not verify");
+    let frame = ch.send(&ke3, now_ms())?;
+    let resp = ch.receive(&post(ag, &format!("{base}/v1/send"), None, &frame)?)?;
+    let k = login.key(&cl.realm, &resp)?;
+    ensure!(
+        *k == key_of(user),
+        "user {user}: the vault released another key"
+    );
+    Ok(())
+}
+
+/// `n` probes round-robin over the nodes (2 threads): (ok, failed, first error).
+fn probes(cl: &Cluster, n: usize) -> (usize, usize, Option<String>) {
+    let ok = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let first: Mutex<Option<String>> = Mutex::new(None);
+    let jobs: Vec<usize> = (0..n).collect();
+    let _ = par_map(jobs, 2, |j| {
+        let k = cl.probes.fetch_add(1, Ordering::Relaxed);
+        let user = cl.measured_users + k % PROBE_USERS;
+        let node = j % cl.nodes.len();
+        match probe_login(&agent(), cl, node, user) {
+            Ok(()) => {
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut f) = first.lock() {
+                    f.get_or_insert(format!("node {}: {e:#}", cl.nodes[node].id));
+                }
+            }
+        }
+        Ok(())
+    });
+    (
+        ok.into_inner(),
+        failed.into_inner(),
+        first.into_inner().ok().flatten(),
+    )
+}
+
+/// A wrong-password login whose answers must carry the exact attempts left.
+fn login_checked(
+    ag: &ureq::Agent,
+    base: &str,
+    token: &str,
+    it: &mut Item,
+    expect: u8,
+) -> anyhow::Result<()> {
+    let body = post(ag, &format!("{base}/v1/open"), Some(token), &it.frame)?;
+    match it.ch.receive(&body)? {
+        Response::LoginStarted {
+            attempts_remaining, ..
+        } if attempts_remaining == expect => {}
+        other => bail!(
+            "user {}: expected KE2 with {expect} attempts left, got {other:?}",
+            it.user
+        ),
+    }
+    let mut ke3 = Box::new([0u8; 64]);
+    OsRng.fill_bytes(&mut ke3[..]);
+    let frame = it.ch.send(&Request::LoginFinish { ke3 }, now_ms())?;
+    let body = post(ag, &format!("{base}/v1/send"), None, &frame)?;
+    match it.ch.receive(&body)? {
+        Response::Error {
+            code: ErrorCode::WrongPassword,
+            attempts_remaining: Some(r),
+            ..
+        } if r == expect => Ok(()),
+        other => bail!(
+            "user {}: expected a wrong-password refusal with {expect} attempts left, got {other:?}",
+            it.user
+        ),
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+struct RealmPhase {
+    setup: String,
+    nodes: usize,
+    /// "leader" (or the single node) or "follower".
+    target: String,
+    /// "measured", "flushes" (perf stat) or "profile" (perf record).
+    kind: String,
+    concurrency: usize,
+    logins: usize,
+    errors: usize,
+    first_error: Option<String>,
+    wall_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+    /// 1-based id of the leader (1 for the single node).
+    leader: usize,
+    /// 1-based id of the node the clients sent to.
+    sent_to: usize,
+    /// utime + stime per node process, seconds (node order).
+    node_cpu_s: Vec<f64>,
+    /// The same by thread group ("exited threads": the process's CPU not in a live thread).
+    node_threads_s: Vec<BTreeMap<String, f64>>,
+    server_cpus_busy_s: f64,
+    client_cpu_s: f64,
+    client_cpus_busy_s: f64,
+    /// Deltas of the leader's metrics over the phase.
+    batches: f64,
+    batch_frames: f64,
+    logins_started: f64,
+    logins_failed: f64,
+    logins_ok: f64,
+    /// The leader's epoch before and after, and whether it still led.
+    epoch_before: f64,
+    epoch_after: f64,
+    still_leading: bool,
+    /// fsync and fdatasync calls per node (kind "flushes").
+    flushes: Vec<(u64, u64)>,
+    /// Every node applied the leader's last entry this long after the phase.
+    catch_up_ms: Option<f64>,
+    probes_ok: usize,
+    probes_failed: usize,
+    probe_error: Option<String>,
+}
+
+impl RealmPhase {
+    fn rate(&self) -> f64 {
+        self.logins as f64 / self.wall_s
+    }
+    fn cpu_us(&self, node: usize) -> f64 {
+        self.node_cpu_s.get(node).copied().unwrap_or(0.0) * 1e6 / self.logins.max(1) as f64
+    }
+    fn all_cpu_us(&self) -> f64 {
+        self.node_cpu_s.iter().sum::<f64>() * 1e6 / self.logins.max(1) as f64
+    }
+    /// The leader's counters saw exactly the logins the clients saw.
+    /// (A login that failed in transport may or may not have reached the core.)
+    fn counters_match(&self) -> bool {
+        let (started, failed) = (self.logins_started as usize, self.logins_failed as usize);
+        self.logins_ok == 0.0
+            && (self.logins..=self.logins + self.errors).contains(&started)
+            && (self.logins..=self.logins + self.errors).contains(&failed)
+    }
+}
+
+enum Instr<'a> {
+    None,
+    Flushes,
+    Profile(&'a Path, &'a str),
+}
+
+/// Logins at concurrency `c` sent to node `target`; `leader` reads the counters.
+#[allow(clippy::too_many_arguments)]
+fn realm_phase(
+    cl: &Cluster,
+    leader: usize,
+    target: usize,
+    c: usize,
+    budget: usize,
+    max_secs: f64,
+    tck: f64,
+    (server_cpus, client_cpus): (&[usize], &[usize]),
+    instr: Instr<'_>,
+) -> anyhow::Result<RealmPhase> {
+    let slot0 = cl.cursor.fetch_add(budget, Ordering::Relaxed);
+    let users = cl.measured_users;
+    ensure!(
+        (slot0 + budget).div_ceil(users) <= WRONG_PER_USER,
+        "out of users: {users} users cannot take {} wrong logins",
+        slot0 + budget
+    );
+    let items: Vec<Item> = (0..budget)
+        .map(|i| {
+            let (_, req) = Login::start(&mut OsRng, b"wrong password")?;
+            let (ch, frame) = ClientChannel::open(&cl.realm, &req, now_ms(), &mut OsRng)?;
+            Ok(Item {
+                user: (slot0 + i) % users,
+                ch,
+                frame,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let base = cl.nodes[target].base.clone();
+    let queue = Mutex::new(items.into_iter());
+    let agents: Vec<ureq::Agent> = (0..c).map(|_| agent()).collect();
+    for ag in &agents {
+        let _ = ag.get(format!("{base}/healthz")).call();
+    }
+    let lbase = &cl.nodes[leader].base;
+    let m0 = metrics(lbase)?;
+    let pids: Vec<String> = cl.nodes.iter().map(VNode::pid).collect();
+    let tags: Vec<String> = cl.nodes.iter().map(|n| format!("node{}", n.id)).collect();
+    let mut tools: Vec<(Child, PathBuf)> = Vec::new();
+    match instr {
+        Instr::None => {}
+        Instr::Flushes => {
+            for (pid, tag) in pids.iter().zip(&tags) {
+                let file = std::env::temp_dir().join(format!("loginbench-flushes-{pid}.csv"));
+                let ch = Command::new("perf")
+                    .args([
+                        "stat",
+                        "-e",
+                        "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync",
+                        "-x",
+                        ",",
+                        "-o",
+                    ])
+                    .arg(&file)
+                    .args(["-p", pid])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("perf stat for {tag}"))?;
+                tools.push((ch, file));
+            }
+        }
+        Instr::Profile(dir, cg) => {
+            for (pid, tag) in pids.iter().zip(&tags) {
+                let file = dir.join(format!("{tag}.data"));
+                let mut cmd = Command::new("perf");
+                cmd.args(["record", "-F", "999", "-o"]).arg(&file);
+                match cg {
+                    "none" => {}
+                    "dwarf" => {
+                        cmd.args(["--call-graph", "dwarf,16384"]);
+                    }
+                    other => {
+                        cmd.args(["--call-graph", other]);
+                    }
+                }
+                let ch = cmd
+                    .args(["-p", pid])
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.join(format!("{tag}.perf.log")))?)
+                    .spawn()
+                    .context("perf record")?;
+                tools.push((ch, file));
+            }
+        }
+    }
+    if !tools.is_empty() {
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let barrier = Barrier::new(c + 1);
+    let deadline = Duration::from_secs_f64(max_secs);
+    let lat: Mutex<Vec<f64>> = Mutex::new(Vec::with_capacity(budget));
+    let errors = AtomicUsize::new(0);
+    let first_error: Mutex<Option<String>> = Mutex::new(None);
+    let me = std::process::id().to_string();
+    type Snap = (Vec<u64>, Vec<BTreeMap<String, u64>>, u64, u64, u64, Instant);
+    let snap = |pids: &[String]| -> anyhow::Result<Snap> {
+        Ok((
+            pids.iter()
+                .map(|p| proc_ticks(p))
+                .collect::<anyhow::Result<_>>()?,
+            pids.iter().map(|p| thread_ticks(p)).collect(),
+            proc_ticks(&me)?,
+            cpus_busy_ticks(server_cpus)?,
+            cpus_busy_ticks(client_cpus)?,
+            Instant::now(),
+        ))
+    };
+    let s0 = std::thread::scope(|s| -> anyhow::Result<Snap> {
+        for ag in &agents {
+            let (queue, barrier, lat, errors, first_error, base) =
+                (&queue, &barrier, &lat, &errors, &first_error, &base);
+            s.spawn(move || {
+                let mut mine = Vec::new();
+                barrier.wait();
+                let t0 = Instant::now();
+                loop {
+                    if t0.elapsed() > deadline {
+                        break;
+                    }
+                    let next = queue.lock().ok().and_then(|mut q| q.next());
+                    let Some(mut it) = next else { break };
+                    let n = cl.spent[it.user].fetch_add(1, Ordering::Relaxed) + 1;
+                    let expect = MAX_ATTEMPTS.saturating_sub(n as u8);
+                    let t = Instant::now();
+                    match login_checked(ag, base, &cl.tokens[it.user], &mut it, expect) {
+                        Ok(()) => mine.push(t.elapsed().as_secs_f64() * 1e3),
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut f) = first_error.lock() {
+                                f.get_or_insert(format!("{e:#}"));
+                            }
+                        }
+                    }
+                }
+                if let Ok(mut l) = lat.lock() {
+                    l.extend(mine);
+                }
+            });
+        }
+        let s0 = snap(&pids)?;
+        barrier.wait();
+        Ok(s0)
+    })?;
+    let s1 = snap(&pids)?;
+    for (t, _) in tools.iter_mut() {
+        let _ = Command::new("kill")
+            .args(["-INT", &t.id().to_string()])
+            .status();
+        let _ = t.wait();
+    }
+    // The leader publishes its counters right after the batch's replies.
+    std::thread::sleep(Duration::from_millis(100));
+    let m1 = metrics(lbase)?;
+    let dm = |k: &str| metric(&m1, k) - metric(&m0, k);
+    let wall_s = s1.5.duration_since(s0.5).as_secs_f64();
+    let node_cpu_s: Vec<f64> =
+        s0.0.iter()
+            .zip(&s1.0)
+            .map(|(a, b)| b.saturating_sub(*a) as f64 / tck)
+            .collect();
+    let node_threads_s =
+        s0.1.iter()
+            .zip(&s1.1)
+            .zip(&node_cpu_s)
+            .map(|((t0, t1), total)| {
+                let mut m: BTreeMap<String, f64> = t1
+                    .iter()
+                    .map(|(k, v)| {
+                        let d = v.saturating_sub(t0.get(k).copied().unwrap_or(0));
+                        (k.clone(), d as f64 / tck)
+                    })
+                    .collect();
+                let live: f64 = m.values().sum();
+                m.insert("exited threads".into(), (total - live).max(0.0));
+                m
+            })
+            .collect();
+    let mut flushes = Vec::new();
+    if matches!(instr, Instr::Flushes) {
+        for (_, file) in &tools {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let count = |ev: &str| -> u64 {
+                text.lines()
+                    .find(|l| l.contains(ev))
+                    .and_then(|l| l.split(',').next()?.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            flushes.push((count("sys_enter_fsync"), count("sys_enter_fdatasync")));
+            let _ = std::fs::remove_file(file);
+        }
+    }
+    let lat = sorted(lat.into_inner().map_err(|_| anyhow!("poisoned"))?);
+    let logins = lat.len();
+    let mean_ms = lat.iter().sum::<f64>() / logins.max(1) as f64;
+    Ok(RealmPhase {
+        setup: cl.setup.name(),
+        nodes: cl.setup.nodes(),
+        target: if target == leader {
+            "leader"
+        } else {
+            "follower"
+        }
+        .into(),
+        kind: match instr {
+            Instr::None => "measured",
+            Instr::Flushes => "flushes",
+            Instr::Profile(..) => "profile",
+        }
+        .into(),
+        concurrency: c,
+        logins,
+        errors: errors.load(Ordering::Relaxed),
+        first_error: first_error.into_inner().ok().flatten(),
+        wall_s,
+        p50_ms: quantile(&lat, 0.5),
+        p99_ms: quantile(&lat, 0.99),
+        mean_ms,
+        leader: cl.nodes[leader].id,
+        sent_to: cl.nodes[target].id,
+        node_cpu_s,
+        node_threads_s,
+        server_cpus_busy_s: s1.3.saturating_sub(s0.3) as f64 / tck,
+        client_cpu_s: s1.2.saturating_sub(s0.2) as f64 / tck,
+        client_cpus_busy_s: s1.4.saturating_sub(s0.4) as f64 / tck,
+        batches: dm("coffer_vault_batches_total"),
+        batch_frames: dm("coffer_vault_batch_frames_total"),
+        logins_started: dm("coffer_vault_logins_started_total"),
+        logins_failed: dm("coffer_vault_logins_failed_total"),
+        logins_ok: dm("coffer_vault_logins_ok_total"),
+        epoch_before: metric(&m0, "coffer_vault_realm_epoch"),
+        epoch_after: metric(&m1, "coffer_vault_realm_epoch"),
+        still_leading: cl.setup == Setup::Single
+            || metric(&m1, "coffer_vault_realm_leading") == 1.0,
+        flushes,
+        catch_up_ms: None,
+        probes_ok: 0,
+        probes_failed: 0,
+        probe_error: None,
+    })
+}
+
+/// Every node applied the leader's last entry (followers apply on the next
+/// heartbeat's certificate): ms waited, None if not within 5 s.
+fn catch_up(cl: &Cluster, leader: usize) -> Option<f64> {
+    if cl.setup == Setup::Single {
+        return Some(0.0);
+    }
+    let t0 = Instant::now();
+    let target = metrics(&cl.nodes[leader].base)
+        .ok()
+        .map(|m| metric(&m, "coffer_vault_realm_log_index"))?;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let all = cl.nodes.iter().all(|n| {
+            metrics(&n.base).is_ok_and(|m| {
+                metric(&m, "coffer_vault_nvram_generation") >= target
+                    && metric(&m, "coffer_vault_refusing") == 0.0
+            })
+        });
+        if all {
+            return Some(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Profile categories for a realm's nodes (first match wins): the
+/// single-node ones plus the log, the peers and forwarding.
+const REALM_CATEGORIES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "OPAQUE server (opaque-ke)",
+        &["opaque_ke::", "ServerLogin", "voprf::"],
+        &[],
+    ),
+    (
+        "channel: HPKE open frame, data frames, reply seal",
+        &[
+            "ServerChannel::accept",
+            "ServerChannel::open_data",
+            "seal_reply",
+        ],
+        &[],
+    ),
+    (
+        "records, Merkle tree, marker (seal/open, SHA-256, HMAC)",
+        &[
+            "seal_record",
+            "open_record",
+            "set_leaf",
+            "leaf_hash",
+            "node_hash",
+            "merkle::",
+            "make_marker",
+        ],
+        &[],
+    ),
+    (
+        "log append (Store::write_log): fsync/fdatasync",
+        &["Store::write_log", "Store>::write_log"],
+        &["fsync", "fdatasync", "ext4_sync_file"],
+    ),
+    (
+        "log append (Store::write_log): B-tree, page cache",
+        &["Store::write_log", "Store>::write_log"],
+        &[],
+    ),
+    (
+        "apply (Store::apply): fsync/fdatasync",
+        // The member calls it through its `LogStore` trait.
+        &["Store::apply", "Store>::apply"],
+        &["fsync", "fdatasync", "ext4_sync_file"],
+    ),
+    (
+        "apply (Store::apply): B-tree, page cache",
+        &["Store::apply", "Store>::apply"],
+        &[],
+    ),
+    (
+        "store commit (single node): fsync/fdatasync",
+        &["Store::commit"],
+        &["fsync", "fdatasync", "ext4_sync_file"],
+    ),
+    (
+        "store commit (single node): B-tree",
+        &["Store::commit"],
+        &[],
+    ),
+    (
+        "store reads (buckets, log entries)",
+        &[
+            "Store::buckets",
+            "Store>::buckets",
+            "Store::log_range",
+            "Store>::log_range",
+        ],
+        &[],
+    ),
+    (
+        "NVRAM write: fsync of file + directory",
+        &["nvram_write"],
+        &["fsync", "fdatasync", "ext4_sync_file"],
+    ),
+    ("NVRAM write: create, write, rename", &["nvram_write"], &[]),
+    (
+        "peer senders (ureq POST /v1/peer, TCP)",
+        &["replication::sender"],
+        &[],
+    ),
+    (
+        "forwarding to the leader (ureq, a TCP connection per request)",
+        &["http::forward::"],
+        &[],
+    ),
+    (
+        "peer messages: encode, decode, /v1/peer handler",
+        &["http::peer", "peer::PeerMsg", "PeerMsg::decode"],
+        &[],
+    ),
+    (
+        "core: log entries, acks, certificates (HMAC)",
+        &["coffer_vault_core::replica", "coffer_vault_core::log::"],
+        &[],
+    ),
+    (
+        "core: other (sessions, codecs, allocation)",
+        &[
+            "coffer_vault_core::Core<",
+            "coffer_vault_core::session",
+            "coffer_vault_core::record",
+            "coffer_vault_core::secrets",
+        ],
+        &[],
+    ),
+    (
+        "member / engine thread: other (event loop, channels, metrics)",
+        &[
+            "replication::",
+            "member::",
+            "engine::run",
+            "engine::spawn",
+            "blocking_recv",
+            "crossbeam_channel",
+        ],
+        &[],
+    ),
+    (
+        "HTTP: hyper/axum/tokio incl. TCP send/recv, epoll, token check",
+        &[
+            "hyper",
+            "axum",
+            "tokio",
+            "mio::",
+            "Tenants::verify",
+            "RateLimiter",
+        ],
+        &[],
+    ),
+];
+
+/// (setup, per node: its name and shares of [`REALM_CATEGORIES`], per node:
+/// CPU µs per login of the unprofiled phase).
+type RealmProfile = (String, Vec<(String, Vec<f64>)>, Vec<f64>);
+
+/// Per node: shares of [`REALM_CATEGORIES`] from its perf.data.
+fn realm_profile(files: &[(String, PathBuf)]) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    let mut out = Vec::new();
+    for (name, file) in files {
+        let script = Command::new("perf")
+            .args(["script", "-F", "tid,period,ip,sym", "-i"])
+            .arg(file)
+            .stderr(Stdio::null())
+            .output()
+            .context("perf script")?;
+        let t = categorize(&script.stdout[..], REALM_CATEGORIES)?;
+        let all: f64 = t.iter().sum();
+        if all == 0.0 {
+            eprintln!(
+                "  no samples in {} (see the .perf.log next to it)",
+                file.display()
+            );
+        }
+        // NaN: no profile for this node.
+        out.push((
+            name.clone(),
+            t.iter()
+                .map(|x| if all > 0.0 { x / all } else { f64::NAN })
+                .collect(),
+        ));
+    }
+    Ok(out)
+}
+
+fn run_realms(a: &RealmArgs) -> anyhow::Result<()> {
+    let tck = clk_tck()?;
+    let me = std::process::id();
+    let server_cpus = cpu_list(&a.server_cpus)?;
+    let client_cpus = cpu_list(&a.client_cpus)?;
+    let all_cpus = {
+        let mut v: Vec<usize> = server_cpus.iter().chain(&client_cpus).copied().collect();
+        v.sort_unstable();
+        v.dedup();
+        v.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let cpus = (&server_cpus[..], &client_cpus[..]);
+    let quiet = || wait_quiet(a.quiet_threshold, a.quiet_wait_secs);
+    let setups: Vec<Setup> = a
+        .setups
+        .iter()
+        .map(|s| Setup::parse(s))
+        .collect::<anyhow::Result<_>>()?;
+    std::fs::create_dir_all(&a.out)?;
+    let tmp = tempfile::tempdir()?;
+    let mut phases: Vec<RealmPhase> = Vec::new();
+    let mut profile: Option<RealmProfile> = None;
+    let warmup = 300;
+    for (si, &setup) in setups.iter().enumerate() {
+        let n = setup.nodes();
+        let follower = matches!(setup, Setup::Realm(k) if k == a.follower_nodes && k > 1);
+        let flush_phase = a.flush_concurrency > 0;
+        let perf_phase = matches!(setup, Setup::Realm(k) if k == a.perf_nodes);
+        let budget = warmup
+            + a.concurrency.len() * a.phase_logins * if follower { 2 } else { 1 }
+            + if follower { 100 } else { 0 }
+            + if flush_phase { a.flush_logins } else { 0 }
+            + if perf_phase { a.phase_logins } else { 0 };
+        let users = budget.div_ceil(WRONG_PER_USER);
+        let dir = match &a.workdir {
+            Some(w) => {
+                let d = w.join(format!("setup{si}"));
+                if d.exists() {
+                    std::fs::remove_dir_all(&d)?;
+                }
+                std::fs::create_dir_all(&d)?;
+                d
+            }
+            None => tmp.path().join(format!("setup{si}")),
+        };
+        set_affinity(me, &all_cpus)?;
+        eprintln!(
+            "[{}] starting {n} node(s) on CPU {}; registering {} users (client Argon2id m={KSF_MEMORY_KIB} KiB t={KSF_ITERATIONS})",
+            setup.name(),
+            a.server_cpus,
+            users + PROBE_USERS
+        );
+        let cl = start_cluster(a, setup, &dir, users)?;
+        let leader = find_leader(&cl)?;
+        let t = Instant::now();
+        register_users(a, &cl, leader)?;
+        let leader = find_leader(&cl)?;
+        eprintln!(
+            "[{}] registered in {:.1} s; leader: node {}; load generator on CPU {}",
+            setup.name(),
+            t.elapsed().as_secs_f64(),
+            cl.nodes[leader].id,
+            a.client_cpus
+        );
+        set_affinity(me, &a.client_cpus)?;
+        let w = realm_phase(&cl, leader, leader, 8, warmup, 30.0, tck, cpus, Instr::None)?;
+        ensure!(w.errors == 0, "warm-up errors: {:?}", w.first_error);
+        let mut targets = vec![leader];
+        if follower {
+            let f = (0..n).find(|&i| i != leader).context("no follower")?;
+            targets.push(f);
+        }
+        for &target in &targets {
+            if target != leader {
+                let w = realm_phase(&cl, leader, target, 8, 100, 30.0, tck, cpus, Instr::None)?;
+                ensure!(
+                    w.errors == 0,
+                    "follower warm-up errors: {:?}",
+                    w.first_error
+                );
+            }
+            for &c in &a.concurrency {
+                quiet()?;
+                let leader_now = find_leader(&cl)?;
+                if leader_now != leader {
+                    eprintln!(
+                        "[{}] the leader changed (now node {})",
+                        setup.name(),
+                        cl.nodes[leader_now].id
+                    );
+                }
+                let mut p = realm_phase(
+                    &cl,
+                    leader_now,
+                    target,
+                    c,
+                    a.phase_logins,
+                    a.phase_secs,
+                    tck,
+                    cpus,
+                    Instr::None,
+                )?;
+                p.catch_up_ms = catch_up(&cl, leader_now);
+                let (ok, failed, err) = probes(&cl, a.probes);
+                (p.probes_ok, p.probes_failed, p.probe_error) = (ok, failed, err);
+                eprintln!(
+                    "[{}] to {} (node {}) C={c}: {} logins in {:.2} s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, batch {:.1}, node CPU µs/login {:.0} (leader {:.0}), errors {}, counters {}, probes {}/{}, caught up {}",
+                    setup.name(),
+                    p.target,
+                    p.sent_to,
+                    p.logins,
+                    p.wall_s,
+                    p.rate(),
+                    p.p50_ms,
+                    p.p99_ms,
+                    p.batch_frames / p.batches.max(1.0),
+                    p.all_cpu_us(),
+                    p.cpu_us(leader_now),
+                    p.errors,
+                    if p.counters_match() { "match" } else { "MISMATCH" },
+                    p.probes_ok,
+                    p.probes_ok + p.probes_failed,
+                    p.catch_up_ms.map_or("NO".into(), |m| format!("{m:.0} ms")),
+                );
+                if let Some(e) = &p.first_error {
+                    eprintln!("[{}]   first error: {e}", setup.name());
+                }
+                if let Some(e) = &p.probe_error {
+                    eprintln!("[{}]   probe error: {e}", setup.name());
+                }
+                phases.push(p);
+            }
+        }
+        if flush_phase {
+            let leader = find_leader(&cl)?;
+            quiet()?;
+            let mut p = realm_phase(
+                &cl,
+                leader,
+                leader,
+                a.flush_concurrency,
+                a.flush_logins,
+                4.0,
+                tck,
+                cpus,
+                Instr::Flushes,
+            )?;
+            p.catch_up_ms = catch_up(&cl, leader);
+            eprintln!(
+                "[{}] flushes at C={}: {:.0} batches, (fsync, fdatasync) per node {:?}",
+                setup.name(),
+                p.concurrency,
+                p.batches,
+                p.flushes
+            );
+            phases.push(p);
+        }
+        if perf_phase {
+            let leader = find_leader(&cl)?;
+            let dir = a.out.join(format!("perf-realm{n}"));
+            std::fs::create_dir_all(&dir)?;
+            quiet()?;
+            eprintln!(
+                "[{}] profiling every node at C={}",
+                setup.name(),
+                a.perf_concurrency
+            );
+            let p = realm_phase(
+                &cl,
+                leader,
+                leader,
+                a.perf_concurrency,
+                a.phase_logins,
+                a.phase_secs,
+                tck,
+                cpus,
+                Instr::Profile(&dir, &a.perf_callgraph),
+            )?;
+            let files: Vec<(String, PathBuf)> = cl
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, nd)| {
+                    (
+                        format!(
+                            "node {} ({})",
+                            nd.id,
+                            if i == leader { "leader" } else { "follower" }
+                        ),
+                        dir.join(format!("node{}.data", nd.id)),
+                    )
+                })
+                .collect();
+            // µs per login per node from the unprofiled phase at the same C.
+            let us: Vec<f64> = phases
+                .iter()
+                .rev()
+                .find(|q| {
+                    q.setup == p.setup
+                        && q.kind == "measured"
+                        && q.target == "leader"
+                        && q.concurrency == a.perf_concurrency
+                })
+                .map(|q| (0..n).map(|i| q.cpu_us(i)).collect())
+                .unwrap_or_else(|| (0..n).map(|i| p.cpu_us(i)).collect());
+            match realm_profile(&files) {
+                Ok(shares) => profile = Some((setup.name(), shares, us)),
+                Err(e) => eprintln!("[{}] profile failed: {e:#}", setup.name()),
+            }
+            phases.push(p);
+        }
+        drop(cl);
+        set_affinity(me, &all_cpus)?;
+    }
+    let md = render_realms(a, &phases, profile.as_ref());
+    println!("{md}");
+    std::fs::write(a.out.join("results.md"), &md)?;
+    std::fs::write(
+        a.out.join("results.json"),
+        serde_json::to_string_pretty(&phases)?,
+    )?;
+    let bad = phases
+        .iter()
+        .filter(|p| p.errors > 0 || p.probes_failed > 0 || !p.counters_match())
+        .count();
+    ensure!(
+        bad == 0,
+        "{bad} phase(s) had errors, failed probes or mismatched counters"
+    );
+    Ok(())
+}
+
+fn render_realms(a: &RealmArgs, phases: &[RealmPhase], profile: Option<&RealmProfile>) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let measured: Vec<&RealmPhase> = phases.iter().filter(|p| p.kind == "measured").collect();
+    let single = |c: usize| {
+        measured
+            .iter()
+            .find(|p| p.nodes == 1 && p.setup.starts_with("single") && p.concurrency == c)
+    };
+    let who = |p: &RealmPhase| {
+        if p.setup.starts_with("single") {
+            "–".to_string()
+        } else {
+            format!("{} (node {})", p.target, p.sent_to)
+        }
+    };
+    let _ = writeln!(
+        s,
+        "Vault processes on CPU {}, load generator on CPU {}; at most {} logins or {} s per phase; wrong-password logins (as `bench/vault.sh`).\n",
+        a.server_cpus, a.client_cpus, a.phase_logins, a.phase_secs
+    );
+    let _ = writeln!(
+        s,
+        "| setup | sent to | C | logins/s | p50 ms | p99 ms | logins/s vs single | errors |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for p in &measured {
+        let ratio = single(p.concurrency)
+            .map(|b| format!("{:.2}", p.rate() / b.rate()))
+            .unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            p.setup,
+            who(p),
+            p.concurrency,
+            p.rate(),
+            p.p50_ms,
+            p.p99_ms,
+            ratio,
+            p.errors
+        );
+    }
+    let _ = writeln!(s, "\nCPU per login (utime + stime of each vault process from /proc/<pid>/stat), batch size (leader's /metrics):\n");
+    let _ = writeln!(s, "| setup | sent to | C | mean batch | leader µs | each follower µs | all nodes µs | all nodes vs single | vault CPUs busy % | client CPU % | other load % |");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for p in &measured {
+        let li = p.leader.saturating_sub(1);
+        let followers: Vec<f64> = (0..p.nodes)
+            .filter(|&i| i != li)
+            .map(|i| p.cpu_us(i))
+            .collect();
+        let f = if followers.is_empty() {
+            "–".into()
+        } else {
+            followers
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let ratio = single(p.concurrency)
+            .map(|b| format!("{:.2}", p.all_cpu_us() / b.all_cpu_us()))
+            .unwrap_or_else(|| "–".into());
+        let nodes_cpu: f64 = p.node_cpu_s.iter().sum();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.0} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} |",
+            p.setup,
+            who(p),
+            p.concurrency,
+            p.batch_frames / p.batches.max(1.0),
+            p.cpu_us(li),
+            f,
+            p.all_cpu_us(),
+            ratio,
+            100.0 * p.server_cpus_busy_s / p.wall_s,
+            100.0 * p.client_cpu_s / p.wall_s,
+            100.0 * (p.server_cpus_busy_s - nodes_cpu).max(0.0) / p.wall_s,
+        );
+    }
+    // Threads at the highest concurrency sent to the leader.
+    let cmax = a.concurrency.iter().copied().max().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "\nCPU µs per login by thread at C={cmax} (leader target):\n"
+    );
+    for p in measured.iter().filter(|p| p.concurrency == cmax) {
+        for (i, th) in p.node_threads_s.iter().enumerate() {
+            let role = if i + 1 == p.leader {
+                "leader"
+            } else {
+                "follower"
+            };
+            let mut v: Vec<(&String, &f64)> = th.iter().filter(|(_, v)| **v > 0.0).collect();
+            v.sort_by(|x, y| y.1.total_cmp(x.1));
+            let parts: Vec<String> = v
+                .iter()
+                .map(|(k, x)| format!("{k} {:.0}", **x * 1e6 / p.logins.max(1) as f64))
+                .collect();
+            let _ = writeln!(
+                s,
+                "- {}, sent to {}, node {} ({role}): {}",
+                p.setup,
+                p.target,
+                i + 1,
+                parts.join(", ")
+            );
+        }
+    }
+    let fl: Vec<&RealmPhase> = phases.iter().filter(|p| p.kind == "flushes").collect();
+    if !fl.is_empty() {
+        let _ = writeln!(s, "\nFlushes (`perf stat -e syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync -p <node>`), one extra phase per setup:\n");
+        let _ = writeln!(s, "| setup | C | logins | batches | logins/batch | leader fsync + fdatasync per batch | each follower, per batch | all nodes, per login |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for p in fl {
+            let li = p.leader.saturating_sub(1);
+            let b = p.batches.max(1.0);
+            let per = |(f, d): (u64, u64)| format!("{:.1} + {:.1}", f as f64 / b, d as f64 / b);
+            let lf = p
+                .flushes
+                .get(li)
+                .copied()
+                .map(per)
+                .unwrap_or_else(|| "–".into());
+            let ff: Vec<String> = p
+                .flushes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != li)
+                .map(|(_, x)| per(*x))
+                .collect();
+            let total: u64 = p.flushes.iter().map(|(f, d)| f + d).sum();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {:.2} |",
+                p.setup,
+                p.concurrency,
+                p.logins,
+                p.batches,
+                p.batch_frames / b,
+                lf,
+                if ff.is_empty() {
+                    "–".into()
+                } else {
+                    ff.join(" / ")
+                },
+                total as f64 / p.logins.max(1) as f64
+            );
+        }
+    }
+    let _ = writeln!(s, "\nCorrectness, per phase: every measured login is a wrong-password login whose KE2 and refusal must carry the exact attempts left; the leader's counters must match; then {} correct-password probes round-robin over the nodes must each release that user's own key; every node must apply the leader's last entry.\n", a.probes);
+    let _ = writeln!(s, "| setup | sent to | C | kind | logins checked | errors | leader Δ started / Δ failed / Δ ok | counters | probes ok | all nodes applied after | leader kept |");
+    let _ = writeln!(s, "|---|---|---:|---|---:|---:|---|---|---:|---:|---|");
+    for p in phases {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} | {} | {}/{} | {} | {} |",
+            p.setup,
+            who(p),
+            p.concurrency,
+            p.kind,
+            p.logins,
+            p.errors,
+            p.logins_started,
+            p.logins_failed,
+            p.logins_ok,
+            if p.counters_match() {
+                "match"
+            } else {
+                "MISMATCH"
+            },
+            p.probes_ok,
+            p.probes_ok + p.probes_failed,
+            p.catch_up_ms.map_or("–".into(), |m| format!("{m:.0} ms")),
+            if p.still_leading && p.epoch_before == p.epoch_after {
+                "yes"
+            } else {
+                "NO"
+            },
+        );
+    }
+    for p in phases {
+        if let Some(e) = &p.first_error {
+            let _ = writeln!(s, "\n{} C={} first error: {e}", p.setup, p.concurrency);
+        }
+        if let Some(e) = &p.probe_error {
+            let _ = writeln!(s, "\n{} C={} probe error: {e}", p.setup, p.concurrency);
+        }
+    }
+    if let Some((name, nodes, us)) = profile {
+        let _ = writeln!(s, "\nProfile of every node, {name}, C={} (`perf record -F 999 --call-graph {}` per node; share of the node's samples, and µs/login = share × that node's CPU per login in the unprofiled phase at that C):\n", a.perf_concurrency, a.perf_callgraph);
+        let mut head = "| where the CPU goes |".to_string();
+        let mut rule = "|---|".to_string();
+        for (nm, _) in nodes {
+            head += &format!(" {nm} share | µs/login |");
+            rule += "---:|---:|";
+        }
+        let _ = writeln!(s, "{head}\n{rule}");
+        let ncat = REALM_CATEGORIES.len() + 1;
+        let mut order: Vec<usize> = (0..ncat).collect();
+        let total = |i: usize| {
+            nodes
+                .iter()
+                .zip(us)
+                .filter(|((_, sh), _)| !sh[i].is_nan())
+                .map(|((_, sh), u)| sh[i] * u)
+                .sum::<f64>()
+        };
+        order.sort_by(|x, y| total(*y).total_cmp(&total(*x)));
+        for i in order {
+            if nodes.iter().all(|(_, sh)| sh[i] == 0.0 || sh[i].is_nan()) {
+                continue;
+            }
+            let name = REALM_CATEGORIES.get(i).map(|c| c.0).unwrap_or(
+                "other (kernel without a user stack: softirq, scheduler, jbd2 wake-ups)",
+            );
+            let mut row = format!("| {name} |");
+            for ((_, sh), u) in nodes.iter().zip(us) {
+                row += &if sh[i].is_nan() {
+                    " no samples | – |".to_string()
+                } else {
+                    format!(" {:.1}% | {:.0} |", 100.0 * sh[i], sh[i] * u)
+                };
+            }
+            let _ = writeln!(s, "{row}");
+        }
+    }
+    s
+}
+
 // ---------------------------------------------------------------- perf summary
 
 /// Categories, first match wins: (name, a frame must contain one of `any`,
@@ -1767,47 +3261,24 @@ const CATEGORIES: &[(&str, &[&str], &[&str])] = &[
     ),
 ];
 
-fn perf_summary(us_per_login: f64) -> anyhow::Result<()> {
-    print!("{}", summarize(std::io::stdin().lock(), us_per_login)?);
+fn perf_summary(us_per_login: f64, realm: bool) -> anyhow::Result<()> {
+    let cats = if realm { REALM_CATEGORIES } else { CATEGORIES };
+    print!(
+        "{}",
+        summarize(std::io::stdin().lock(), us_per_login, cats)?
+    );
     Ok(())
 }
 
-/// Groups `perf script -F tid,period,ip,sym` samples by [`CATEGORIES`].
-fn summarize(input: impl std::io::BufRead, us_per_login: f64) -> anyhow::Result<String> {
+/// Groups `perf script -F tid,period,ip,sym` samples by `cats` ([`CATEGORIES`]
+/// for the single-node daemon).
+fn summarize(
+    input: impl std::io::BufRead,
+    us_per_login: f64,
+    cats: &[(&str, &[&str], &[&str])],
+) -> anyhow::Result<String> {
     use std::fmt::Write;
-    let mut totals: Vec<f64> = vec![0.0; CATEGORIES.len() + 1];
-    let mut stack: Vec<String> = Vec::new();
-    let mut period = 0.0;
-    let mut flush = |stack: &mut Vec<String>, period: f64| {
-        if stack.is_empty() && period == 0.0 {
-            return;
-        }
-        let has = |pats: &[&str]| stack.iter().any(|f| pats.iter().any(|p| f.contains(p)));
-        let i = CATEGORIES
-            .iter()
-            .position(|(_, any, and)| has(any) && (and.is_empty() || has(and)))
-            .unwrap_or(CATEGORIES.len());
-        totals[i] += period;
-        stack.clear();
-    };
-    for line in input.lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if !line.starts_with(char::is_whitespace) {
-            // A sample header: "tid period".
-            flush(&mut stack, period);
-            period = line
-                .split_whitespace()
-                .last()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(1.0);
-        } else {
-            stack.push(line);
-        }
-    }
-    flush(&mut stack, period);
+    let totals = categorize(input, cats)?;
     let all: f64 = totals.iter().sum();
     ensure!(
         all > 0.0,
@@ -1822,7 +3293,7 @@ fn summarize(input: impl std::io::BufRead, us_per_login: f64) -> anyhow::Result<
         if t == 0.0 {
             continue;
         }
-        let name = CATEGORIES
+        let name = cats
             .get(i)
             .map(|c| c.0)
             .unwrap_or("other (kernel without a user stack: softirq, scheduler, page reclaim)");
@@ -1835,4 +3306,47 @@ fn summarize(input: impl std::io::BufRead, us_per_login: f64) -> anyhow::Result<
         let _ = writeln!(out, "| {name} | {:.1}% | {us} |", 100.0 * share);
     }
     Ok(out)
+}
+
+/// Sums `perf script -F tid,period,ip,sym` sample periods by category
+/// (first match wins); the last slot is "no category".
+fn categorize(
+    input: impl std::io::BufRead,
+    cats: &[(&str, &[&str], &[&str])],
+) -> anyhow::Result<Vec<f64>> {
+    let mut totals: Vec<f64> = vec![0.0; cats.len() + 1];
+    let mut stack: Vec<String> = Vec::new();
+    let mut period = 0.0;
+    let mut flush = |stack: &mut Vec<String>, period: f64| {
+        if stack.is_empty() && period == 0.0 {
+            return;
+        }
+        let has = |pats: &[&str]| stack.iter().any(|f| pats.iter().any(|p| f.contains(p)));
+        let i = cats
+            .iter()
+            .position(|(_, any, and)| has(any) && (and.is_empty() || has(and)))
+            .unwrap_or(cats.len());
+        totals[i] += period;
+        stack.clear();
+    };
+    for line in input.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if !line.starts_with('\t') {
+            // A sample header: "tid period" (the tid is right-aligned, so
+            // it may start with spaces; stack lines start with a tab).
+            flush(&mut stack, period);
+            period = line
+                .split_whitespace()
+                .last()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(1.0);
+        } else {
+            stack.push(line);
+        }
+    }
+    flush(&mut stack, period);
+    Ok(totals)
 }
