@@ -841,14 +841,14 @@ fn sweep(nodes: usize, seeds: std::ops::Range<u64>) {
 
 #[test]
 fn three_nodes_real_cores() {
-    sweep(3, 0..env_u64("COFFER_REALM_SIM_SEEDS").unwrap_or(60));
+    sweep(3, 0..env_u64("COFFER_REALM_SIM_SEEDS").unwrap_or(200));
 }
 
 #[test]
 fn five_nodes_real_cores() {
     sweep(
         5,
-        1_000..1_000 + env_u64("COFFER_REALM_SIM_SEEDS").unwrap_or(30),
+        1_000..1_000 + env_u64("COFFER_REALM_SIM_SEEDS").unwrap_or(100),
     );
 }
 
