@@ -95,6 +95,8 @@ pub struct Member<S, P: Platform, R> {
     role: HostRole,
     now: u64,
     last_heard: u64,
+    /// When a leader's Append last arrived.
+    leader_seen: Option<u64>,
     timeout: u64,
     leader: Option<NodeId>,
     cert: Option<(u64, Certificate)>,
@@ -140,6 +142,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
             role: HostRole::Follower,
             now,
             last_heard: now,
+            leader_seen: None,
             timeout,
             leader: None,
             cert: None,
@@ -341,6 +344,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
 
     fn heard(&mut self, from: NodeId) {
         self.last_heard = self.now;
+        self.leader_seen = Some(self.now);
         self.leader = Some(from);
         if matches!(
             self.role,
@@ -539,9 +543,15 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
 
     fn on_vote_req(&mut self, from: NodeId, request: &Ack) -> PeerReply {
         let epoch = request.epoch;
-        let quiet = self.now.saturating_sub(self.last_heard) > TICK * MISSED;
+        // Leader stickiness: a follower that heard a working leader lately
+        // does not vote. Only a leader's Appends count here; a poll or a
+        // vote of our own does not (else two rounds of polls could keep
+        // every node "not quiet" and no candidate would ever win).
+        let recent = self
+            .leader_seen
+            .is_some_and(|t| self.now.saturating_sub(t) <= TICK * MISSED);
         let follower = matches!(self.role, HostRole::Follower);
-        if self.is_leader() || (!quiet && follower && self.leader.is_some()) {
+        if self.is_leader() || (recent && follower) {
             return self.reply(None);
         }
         let was_leader = self.is_leader();

@@ -775,9 +775,31 @@ fn run(
     }
     if minority {
         if let Some((r, p)) = clients.pending.iter().next() {
+            let nodes: Vec<String> = sim
+                .nodes()
+                .iter()
+                .map(|n| match &n.member {
+                    Some(m) => {
+                        let st = m.core().replica_status().unwrap();
+                        format!(
+                            "[{}: promised {:#x} last ({:#x},{}) applied {} ready {} leads {} log {}]",
+                            n.ix,
+                            st.promised,
+                            st.last_epoch,
+                            st.index,
+                            st.applied,
+                            st.ready,
+                            m.leads(),
+                            n.state().log.len()
+                        )
+                    }
+                    None => format!("[{}: down]", n.ix),
+                })
+                .collect();
             return Err(format!(
-                "seed {seed}: liveness: request {r} (started at {} ms) unanswered {LIVE_BOUND} ms after calm; faulty {faulty:?}",
-                p.started
+                "seed {seed}: liveness: request {r} (started at {} ms) unanswered {LIVE_BOUND} ms after calm; faulty {faulty:?}; {}",
+                p.started,
+                nodes.join(" ")
             ));
         }
         if clients.acked.len() < 3 {
@@ -862,6 +884,16 @@ fn a_cut_off_leaders_entries_are_replaced_never_applied() {
         let o = run(500 + seed, 5, false, Some((2_000, 4_500))).unwrap();
         assert!(o.acked == 3, "{o:?}");
     }
+}
+
+#[test]
+fn polls_do_not_block_votes_seed_1065() {
+    // Found by the 5-node sweep: two rolled-back nodes resyncing, the other
+    // three tied. Each poll reset the pollers' "heard lately" clock, so
+    // leader stickiness refused every candidate's vote request and no
+    // election could win. Stickiness now counts only a leader's Appends.
+    let o = run_seed(1065, 5, false).unwrap();
+    assert_eq!(o.acked, 3);
 }
 
 #[test]
