@@ -258,7 +258,7 @@ print(f"""
 Notes: one run, each step runs coffer first, then restic. {drop} Wall time and peak RSS from
 `/usr/bin/time -v`; throughput = all dataset bytes at that point / wall time (also for restore and
 verify). Repository size = `du -sb` of the local repository directory. coffer snapshots the DB
-through SQLite's online backup API (`--db`) while restic reads the file as it is (the DB is idle
+through SQLite (`--db`: a WAL snapshot's pages streamed, or the online backup API in rollback-journal mode) while restic reads the file as it is (the DB is idle
 during the run, so both see the same content). restic uses its defaults: compression auto, cache
 under BENCH_DIR. Restore is checked (SHA-256 per file; DB logically if its bytes differ) after
 timing. Ratios < 1 mean coffer is faster/smaller.""")

@@ -11,8 +11,8 @@
 //! that exists — reported by a run that completed, or written by a run that
 //! was killed between writing it and printing it — must restore byte-identical
 //! to the source as it was when its run started (files by content, mode,
-//! mtime and link target; the database logically, since it is captured with
-//! SQLite's backup API).
+//! mtime and link target; the database logically, since it is captured as
+//! SQLite sees it in one read transaction, ADR 0005).
 //!
 //! Every test runs on each backend (`local::`, `s3::` on moto, `webdav::` on
 //! WsgiDAV; see `coffer_testkit::backend_tests!`). Killing a process against

@@ -51,7 +51,8 @@ pub struct BackupOptions {
     pub hostname: String,
     /// Compression threads.
     pub workers: usize,
-    /// Where SQLite images are staged.
+    /// Where SQLite images are staged when they cannot be streamed
+    /// (rollback-journal databases; see [`crate::sqlite`]).
     pub staging_dir: PathBuf,
 }
 
@@ -90,11 +91,10 @@ struct FinishedPack {
 enum Source {
     Path(PathBuf),
     /// A database whose image is being taken by another thread; `ready`
-    /// says when (and whether) `image` is complete.
+    /// yields it when (and whether) it can be read.
     Database {
         original: PathBuf,
-        image: PathBuf,
-        ready: Receiver<Result<()>>,
+        ready: Receiver<Result<crate::sqlite::DbImage>>,
     },
 }
 
@@ -172,6 +172,10 @@ struct Walker<'a> {
     warnings: Vec<String>,
     /// The read buffer, reused from file to file.
     read_buf: Vec<u8>,
+    /// How each database was captured (its path, [`DbImage::method`]).
+    ///
+    /// [`DbImage::method`]: crate::sqlite::DbImage::method
+    db_methods: Vec<(PathBuf, &'static str)>,
 }
 
 impl Walker<'_> {
@@ -247,14 +251,12 @@ impl Walker<'_> {
                     Some(n) => n,
                     None => continue,
                 },
-                VEntry::Source(Source::Database {
-                    original,
-                    image,
-                    ready,
-                }) => match self.database(&original, &image, &ready, name)? {
-                    Some(n) => n,
-                    None => continue,
-                },
+                VEntry::Source(Source::Database { original, ready }) => {
+                    match self.database(&original, &ready, name)? {
+                        Some(n) => n,
+                        None => continue,
+                    }
+                }
             };
             tree.nodes.push(node);
         }
@@ -370,11 +372,10 @@ impl Walker<'_> {
     fn database(
         &mut self,
         original: &Path,
-        image: &Path,
-        ready: &Receiver<Result<()>>,
+        ready: &Receiver<Result<crate::sqlite::DbImage>>,
         name: Vec<u8>,
     ) -> Result<Option<Node>> {
-        ready
+        let image = ready
             .recv()
             .map_err(|_| RepoError::Internal("the database snapshot thread stopped".into()))??;
         let meta = match fs::metadata(original) {
@@ -385,7 +386,27 @@ impl Walker<'_> {
             }
         };
         self.summary.files += 1;
-        let Some((size, chunks)) = self.read_file(image, true)? else {
+        self.db_methods
+            .push((original.to_path_buf(), image.method()));
+        let read = match image {
+            crate::sqlite::DbImage::Staged(path) => self.read_file(&path, true)?,
+            crate::sqlite::DbImage::Pages(pages) => {
+                match self.chunk_reader(original, pages, true) {
+                    Ok(r) => Some(r),
+                    // SQLite failed mid-way (I/O error, corruption): the image
+                    // is incomplete, so the backup fails, as it does when the
+                    // staging copy fails.
+                    Err(ReadError::Io(e)) => {
+                        return Err(RepoError::Database {
+                            path: original.to_path_buf(),
+                            detail: e.to_string(),
+                        })
+                    }
+                    Err(ReadError::Repo(e)) => return Err(e),
+                }
+            }
+        };
+        let Some((size, chunks)) = read else {
             return Ok(None);
         };
         self.summary.total_bytes += size;
@@ -404,6 +425,26 @@ impl Walker<'_> {
                 return Ok(None);
             }
         };
+        match self.chunk_reader(path, file, is_db) {
+            Ok(r) => Ok(Some(r)),
+            // The file could not be read (vanished, permissions, I/O error):
+            // a warning, and the snapshot goes on without it.
+            Err(ReadError::Io(e)) => {
+                self.warn(path, e);
+                Ok(None)
+            }
+            Err(ReadError::Repo(e)) => Err(e),
+        }
+    }
+
+    /// Chunks `reader` (the content of `path`) to the end and submits its
+    /// new chunks: its size and chunk ids.
+    fn chunk_reader(
+        &mut self,
+        path: &Path,
+        reader: impl std::io::Read,
+        is_db: bool,
+    ) -> Result<(u64, Vec<Id>), ReadError> {
         self.progress.set_current(path.display().to_string());
         // A shared reference copied out of `self`, so the closure below may
         // mutate the walker while the chunker reads.
@@ -415,7 +456,7 @@ impl Walker<'_> {
         let key = self.repo.keys().chunk_id_key();
         let mut chunks = Vec::new();
         let mut buf = std::mem::take(&mut self.read_buf);
-        let res = chunker.chunk_stream_with::<_, ReadError>(&mut buf, file, |data| {
+        let res = chunker.chunk_stream_with::<_, ReadError>(&mut buf, reader, |data| {
             let id = Id(key.id(data));
             chunks.push(id);
             self.summary.bytes_read += data.len() as u64;
@@ -424,20 +465,10 @@ impl Walker<'_> {
                 .map_err(ReadError::Repo)
         });
         self.read_buf = buf;
-        match res {
-            Ok(size) => {
-                self.summary.files_read += 1;
-                Progress::add(&self.progress.files, 1);
-                Ok(Some((size, chunks)))
-            }
-            // The file could not be read (vanished, permissions, I/O error):
-            // a warning, and the snapshot goes on without it.
-            Err(ReadError::Io(e)) => {
-                self.warn(path, e);
-                Ok(None)
-            }
-            Err(ReadError::Repo(e)) => Err(e),
-        }
+        let size = res?;
+        self.summary.files_read += 1;
+        Progress::add(&self.progress.files, 1);
+        Ok((size, chunks))
     }
 }
 
@@ -703,23 +734,20 @@ fn run(
             std::process::id(),
             hex::encode(coffer_crypto::random_bytes::<8>()?)
         ));
-        let (tx, ready) = bounded(1);
-        let (src, dest) = (abs.clone(), image.clone());
-        db_threads.push(std::thread::spawn(move || {
-            let _ = tx.send(crate::sqlite::snapshot_database_to(&src, &dest));
-        }));
-        images.push(image.clone());
+        let (ready, thread) = crate::sqlite::start_capture(&abs, &image);
+        db_threads.push(thread);
+        images.push(image);
         paths.push(abs.as_os_str().as_bytes().to_vec());
         databases.push(DatabaseEntry {
             path: abs.as_os_str().as_bytes().to_vec(),
-            method: "sqlite-online-backup".into(),
+            // Replaced by what the capture used once the walk has read it.
+            method: crate::sqlite::METHOD_ONLINE_BACKUP.into(),
         });
         insert_source(
             &mut root,
             &abs,
             Source::Database {
                 original: abs.clone(),
-                image,
                 ready,
             },
         );
@@ -794,6 +822,7 @@ fn run(
                 summary: BackupSummary::default(),
                 warnings: Vec::new(),
                 read_buf: Vec::new(),
+                db_methods: Vec::new(),
             };
             let walked = walker
                 .walk_vdir(Path::new("/"), root, parent_tree)
@@ -805,8 +834,15 @@ fn run(
                 summary,
                 warnings,
                 jobs,
+                db_methods,
                 ..
             } = walker;
+            for (path, method) in db_methods {
+                let path = path.as_os_str().as_bytes();
+                if let Some(d) = databases.iter_mut().find(|d| d.path == path) {
+                    d.method = method.into();
+                }
+            }
             drop(jobs);
             let mut first_err = walked.as_ref().err().map(|e| e.to_string());
             for h in worker_handles {
