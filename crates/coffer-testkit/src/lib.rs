@@ -343,7 +343,7 @@ fn unique_name(name: &str) -> String {
 /// Runs each `fn name(backend: Backend)` of the calling test file once per
 /// backend, as `local::name`, `s3::name` and `webdav::name`:
 ///
-/// ```ignore
+/// ```text
 /// coffer_testkit::backend_tests!(backup_and_restore, incremental);
 /// ```
 #[macro_export]
