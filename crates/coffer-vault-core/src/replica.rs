@@ -947,7 +947,7 @@ impl<P: Platform> Core<P> {
         }
         // Frames for records of another group's range never reach the
         // batch (the host routes by range; a misrouted one is refused).
-        let (lo, hi) = r.range;
+        let ((lo, hi), group) = (r.range, r.index);
         let mut misrouted = Vec::new();
         let inputs: Vec<Input> = inputs
             .into_iter()
@@ -967,8 +967,7 @@ impl<P: Platform> Core<P> {
             replies.insert(
                 i,
                 Err(CoreError::Refusing(format!(
-                    "record outside group {}'s range {lo}..={hi}",
-                    r_index(&self.repl)
+                    "record outside group {group}'s range {lo}..={hi}"
                 ))),
             );
         }
@@ -1231,8 +1230,4 @@ impl<P: Platform> Core<P> {
     pub fn ack_verifies(&self, ack: &Ack) -> bool {
         ack.verify(self.secrets.ack_key(), &self.config.realm_id)
     }
-}
-
-fn r_index(r: &Option<Replica>) -> u8 {
-    r.as_ref().map_or(0, |r| r.index)
 }

@@ -132,19 +132,26 @@ pub struct MemRealm {
     pub journal: Option<Vec<StoreWrites>>,
 }
 
+/// A test realm's master secret and configuration (limit 10), drawn from
+/// `platform`'s RNG.
+pub(crate) fn realm_keys(platform: &MemPlatform) -> ([u8; 32], RealmConfig) {
+    let mut p = platform.clone();
+    let mut master = [0u8; 32];
+    p.fill_random(&mut master);
+    let mut realm_id = [0u8; 16];
+    p.fill_random(&mut realm_id);
+    let config = RealmConfig {
+        realm_id,
+        max_attempts_limit: 10,
+    };
+    (master, config)
+}
+
 impl MemRealm {
     /// A fresh realm.
     pub fn new(seed: u64) -> Result<Self, CoreError> {
         let platform = MemPlatform::new(seed, 1_800_000_000_000);
-        let mut master = [0u8; 32];
-        let mut p2 = platform.clone();
-        p2.fill_random(&mut master);
-        let mut realm_id = [0u8; 16];
-        p2.fill_random(&mut realm_id);
-        let config = RealmConfig {
-            realm_id,
-            max_attempts_limit: 10,
-        };
+        let (master, config) = realm_keys(&platform);
         let created = Core::init(platform.clone(), &master, config.clone())?;
         let (core, _) = Core::start(
             platform.clone(),

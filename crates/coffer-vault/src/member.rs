@@ -82,7 +82,6 @@ struct InFlight<R> {
     index: u64,
     writes: StoreWrites,
     senders: Vec<R>,
-    acks: BTreeMap<NodeId, Ack>,
 }
 
 /// One group's member on one node.
@@ -102,7 +101,9 @@ pub struct Member<S, P: Platform, R> {
     cert: Option<(u64, Certificate)>,
     queue: VecDeque<Waiting<R>>,
     inflight: Option<InFlight<R>>,
-    leader_entry: Option<(u64, BTreeMap<NodeId, Ack>)>,
+    /// Current-epoch acks for the entry this leader proposed last (its
+    /// `leader` entry, then each batch): a majority is a certificate.
+    collecting: Option<(u64, BTreeMap<NodeId, Ack>)>,
     next_from: BTreeMap<NodeId, u64>,
     outstanding: BTreeMap<NodeId, u64>,
     last_reply: BTreeMap<NodeId, u64>,
@@ -148,7 +149,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
             cert: None,
             queue: VecDeque::new(),
             inflight: None,
-            leader_entry: None,
+            collecting: None,
             next_from: BTreeMap::new(),
             outstanding: BTreeMap::new(),
             last_reply: BTreeMap::new(),
@@ -360,7 +361,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
             tracing::warn!(reason = why, "stepped down");
         }
         self.role = HostRole::Follower;
-        self.leader_entry = None;
+        self.collecting = None;
         self.last_heard = self.now;
         if let Some(f) = self.inflight.take() {
             for s in f.senders {
@@ -412,12 +413,30 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
         if s0 == 0 || s0 - 1 > k {
             return self.reply(self.core.current_ack().ok());
         }
-        if self.my_mac_at(s0 - 1) != Some(first.entry.prev_mac) && s0 > 1 {
+        // Our MACs where the items overlap our log, read once.
+        let lo = (s0 - 1).max(1);
+        let hi = items.last().map_or(k, |i| i.entry.index.min(k));
+        let mine: Vec<Mac> = if lo <= hi {
+            self.store
+                .log_range(lo, hi)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| i.mac)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mac_at = |i: u64| {
+            i.checked_sub(lo)
+                .and_then(|o| mine.get(o as usize))
+                .copied()
+        };
+        if s0 > 1 && mac_at(s0 - 1) != Some(first.entry.prev_mac) {
             return self.reply(self.core.current_ack().ok());
         }
         let mut d = s0 - 1;
         for it in &items {
-            if it.entry.index <= k && self.my_mac_at(it.entry.index) == Some(it.mac) {
+            if it.entry.index <= k && mac_at(it.entry.index) == Some(it.mac) {
                 d = it.entry.index;
             } else {
                 break;
@@ -633,14 +652,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
         if ack.epoch != epoch || ack.entry_epoch != epoch {
             return;
         }
-        let target = if let Some(f) = &mut self.inflight {
-            (f.index == ack.index).then_some(&mut f.acks)
-        } else if let Some((i, acks)) = &mut self.leader_entry {
-            (*i == ack.index).then_some(acks)
-        } else {
-            None
-        };
-        if let Some(acks) = target {
+        if let Some((_, acks)) = self.collecting.as_mut().filter(|(i, _)| *i == ack.index) {
             acks.insert(from, ack.clone());
             if acks.len() >= self.majority {
                 let c = Certificate::new(acks.values().cloned().collect());
@@ -714,7 +726,7 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
                 self.role = HostRole::Leader;
                 self.leader = Some(self.me);
                 self.leading_since = self.now;
-                self.leader_entry = Some((p.entry.index, BTreeMap::new()));
+                self.collecting = Some((p.entry.index, BTreeMap::new()));
                 tracing::info!(epoch = p.entry.epoch, index = p.entry.index, "leading");
                 self.next_from = self.peers.iter().map(|&n| (n, p.entry.index)).collect();
                 self.outstanding.clear();
@@ -946,23 +958,19 @@ impl<S: LogStore, P: Platform, R: Responder> Member<S, P, R> {
             mac: p.mac,
             body: p.body,
         };
-        if let Err(e) = self.store.write_log(st.index, std::slice::from_ref(&item)) {
-            tracing::error!(error = %e, "log write failed");
-            self.inflight = Some(InFlight {
-                index: p.entry.index,
-                writes: p.writes,
-                senders,
-                acks: BTreeMap::new(),
-            });
-            self.stepped_down("log write failed");
-            return;
-        }
+        // In flight before the write: a failure steps down, which answers
+        // every held frame.
         self.inflight = Some(InFlight {
             index: p.entry.index,
             writes: p.writes,
             senders,
-            acks: BTreeMap::new(),
         });
+        self.collecting = Some((p.entry.index, BTreeMap::new()));
+        if let Err(e) = self.store.write_log(st.index, std::slice::from_ref(&item)) {
+            tracing::error!(error = %e, "log write failed");
+            self.stepped_down("log write failed");
+            return;
+        }
         match self.core.persisted() {
             Ok(own) => self.count_ack(self.me, &own),
             Err(e) => {

@@ -97,8 +97,6 @@ impl Metrics {
         }
         if let Ok(mut m) = self.groups.lock() {
             m.insert(group, g);
-        }
-        if let Ok(m) = self.groups.lock() {
             let sessions: u64 = m.values().map(|g| g.sessions).sum();
             self.sessions.store(sessions, Ordering::Relaxed);
         }

@@ -58,15 +58,7 @@ impl MemGroup {
     /// Group `index` of `groups` (ADR 0014): it owns its share of buckets.
     pub fn new_in(seed: u64, n: usize, (index, groups): (u8, u8)) -> Result<Self, CoreError> {
         let base = MemPlatform::new(seed, 1_800_000_000_000);
-        let mut master = [0u8; 32];
-        let mut b = base.clone();
-        b.fill_random(&mut master);
-        let mut realm_id = [0u8; 16];
-        b.fill_random(&mut realm_id);
-        let config = RealmConfig {
-            realm_id,
-            max_attempts_limit: 10,
-        };
+        let (master, config) = super::realm_keys(&base);
         let ids: Vec<u8> = (1..=n as u8).collect();
         let mut platforms: Vec<MemPlatform> = (0..n)
             .map(|i| MemPlatform::new(seed.wrapping_add(1 + i as u64), 1_800_000_000_000))
