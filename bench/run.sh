@@ -24,6 +24,26 @@ export DEBIAN_FRONTEND=noninteractive
 say() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
+# ---------------------------------------------------------------------------- several runs
+# RUNS=N (N > 1): the whole sequence N times, each from a fresh working copy and fresh
+# repositories, then one table of medians (with each run's ratio) so that a target is judged on
+# more than one run of a noisy machine. Each run's table stays in $BENCH_DIR/runs/.
+RUNS="${RUNS:-1}"
+if [ "$RUNS" -gt 1 ] && [ -z "${BENCH_RUN_OF:-}" ]; then
+  mkdir -p "$BENCH_DIR/runs"
+  rm -f "$BENCH_DIR"/runs/run*.tsv "$BENCH_DIR"/runs/run*.md
+  for i in $(seq 1 "$RUNS"); do
+    say "run $i of $RUNS"
+    BENCH_RUN_OF="$i/$RUNS" COFFER_BUILD=$([ "$i" = 1 ] && echo "$COFFER_BUILD" || echo 0) \
+      bash "${BASH_SOURCE[0]}" >/dev/null || die "run $i failed"
+    cp "$BENCH_DIR/logs/results.tsv" "$BENCH_DIR/runs/run$i.tsv"
+    cp "$BENCH_DIR/results.md" "$BENCH_DIR/runs/run$i.md"
+  done
+  python3 "$HERE/median.py" "$BENCH_DIR"/runs/run*.tsv >"$BENCH_DIR/results-median.md" || die "median report failed"
+  cat "$BENCH_DIR/results-median.md"
+  exit 0
+fi
+
 # ---------------------------------------------------------------------------- tools
 APT_UPDATED=0
 apt_install() {
