@@ -6,8 +6,8 @@
 //! removed and reported, and the restore as a whole fails.
 //!
 //! Threads: the calling thread walks the trees, creates directories,
-//! symlinks and each file's temporary, and plans the chunks; `workers`
-//! threads each take a job, read and authenticate its chunks, and write each
+//! symlinks and each file's temporary, and plans the chunks; two threads per
+//! `workers` (a read in flight while the other decrypts) each take a job, read and authenticate its chunks, and write each
 //! at its offset (`pwrite`), so both cores share the kernel's page-cache
 //! copies. The worker that writes a file's last chunk renames it into place.
 //!
@@ -34,7 +34,9 @@ use crate::cache::Located;
 use crate::format::types::{BlobLocation, Node, NodeKind, Snapshot, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repo::{contiguous_runs_up_to, Repository, MAX_READ_SPAN, REMOTE_READ_SPAN};
+use crate::repo::{
+    contiguous_runs_up_to, Repository, LOCAL_READ_SPAN, READS_PER_CORE, REMOTE_READ_SPAN,
+};
 use crate::{RepoError, Result};
 
 /// What to restore.
@@ -276,10 +278,11 @@ pub fn restore(
     let total: u64 = selected.iter().map(|(_, n)| size_of(repo, n)).sum();
     progress.total_bytes.store(total, Ordering::Relaxed);
 
-    // Against a server a worker spends much of its time waiting for its
-    // request: twice as many keep the cores busy.
+    // A worker spends much of its time waiting for its read (a server's
+    // answer, or a cold disk): twice as many as cores keep the cores busy and
+    // the disk's queue full.
     let remote = repo.is_remote();
-    let workers = opts.workers.max(1) * if remote { 2 } else { 1 };
+    let workers = opts.workers.max(1) * READS_PER_CORE;
     let shared = Shared::default();
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let planned = std::thread::scope(|scope| {
@@ -301,7 +304,7 @@ pub fn restore(
             max_span: if remote {
                 REMOTE_READ_SPAN
             } else {
-                MAX_READ_SPAN
+                LOCAL_READ_SPAN
             },
             shared: &shared,
             progress,

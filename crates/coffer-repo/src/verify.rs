@@ -184,7 +184,13 @@ pub fn verify(
         let next = std::sync::atomic::AtomicUsize::new(0);
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(2);
+            .unwrap_or(2)
+            * if repo.is_remote() {
+                // A whole pack per worker in memory (`WHOLE_PACK_READ`).
+                1
+            } else {
+                crate::repo::READS_PER_CORE
+            };
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
@@ -220,7 +226,7 @@ const WHOLE_PACK_READ: u64 = 32 << 20;
 /// index: on a remote store a pack of up to [`WHOLE_PACK_READ`] bytes with
 /// one request (object stores and drives charge per request), otherwise by
 /// ranges (header, trailer, then runs of blobs up to
-/// [`crate::repo::MAX_READ_SPAN`]).
+/// [`crate::repo::LOCAL_READ_SPAN`]).
 fn check_pack(repo: &Repository, id: &Id, size: u64) -> Result<()> {
     let name = pack_name(id);
     let store = repo.store();
@@ -278,7 +284,7 @@ fn check_pack(repo: &Repository, id: &Id, size: u64) -> Result<()> {
             .iter()
             .map(|b| (u64::from(b.offset), u64::from(b.length)))
             .collect();
-        for run in crate::repo::contiguous_runs(&spans) {
+        for run in crate::repo::contiguous_runs_up_to(&spans, crate::repo::LOCAL_READ_SPAN) {
             repo.read_blob_run(id, &trailer[run], |_, b| note(&mut first_err, b))?;
             if first_err.is_some() {
                 break;
