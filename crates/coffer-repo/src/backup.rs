@@ -24,6 +24,7 @@ use crate::format::types::{
 };
 use crate::format::Kind;
 use crate::id::Id;
+use crate::prefetch::Hints;
 use crate::progress::Progress;
 use crate::repo::{now_ns, Repository};
 use crate::session::Session;
@@ -176,6 +177,29 @@ struct Walker<'a> {
     ///
     /// [`DbImage::method`]: crate::sqlite::DbImage::method
     db_methods: Vec<(PathBuf, &'static str)>,
+    /// Read-ahead of the files about to be read ([`crate::prefetch`]).
+    hints: Hints,
+}
+
+/// The chunks of a file whose size, times and inode match its node in the
+/// parent snapshot (not yet checked to be stored).
+fn unchanged<'n>(parent: Option<&'n Node>, meta: &fs::Metadata) -> Option<&'n Vec<Id>> {
+    let p = parent?;
+    let NodeKind::File { size, chunks } = &p.kind else {
+        return None;
+    };
+    let (mtime, ctime) = times(meta);
+    (*size == meta.len() && p.mtime_ns == mtime && p.ctime_ns == ctime && p.inode == meta.ino())
+        .then_some(chunks)
+}
+
+/// A child's node in its parent snapshot's tree (sorted by name on save).
+fn child_node<'t>(tree: Option<&'t Tree>, name: &[u8]) -> Option<&'t Node> {
+    let nodes = &tree?.nodes;
+    nodes
+        .binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()
+        .and_then(|i| nodes.get(i))
 }
 
 impl Walker<'_> {
@@ -285,16 +309,36 @@ impl Walker<'_> {
                 }
             };
             entries.sort();
+            // The regular files of this directory that will be read, hinted
+            // in the order they will be read.
+            let mut hinted = vec![0u64; entries.len()];
+            for (child, len) in entries.iter().zip(hinted.iter_mut()) {
+                let child_path = path.join(std::ffi::OsStr::from_bytes(child));
+                if self.skip.contains(&child_path) {
+                    continue;
+                }
+                let Ok(m) = fs::symlink_metadata(&child_path) else {
+                    continue;
+                };
+                let pn = child_node(sub_parent.as_ref(), child);
+                if m.file_type().is_file() && (self.opts.force_full || unchanged(pn, &m).is_none())
+                {
+                    *len = m.len();
+                    self.hints.hint(child_path, m.len());
+                }
+            }
             let mut tree = Tree::default();
-            for child in entries {
+            for (child, hinted) in entries.into_iter().zip(hinted) {
                 let child_path = path.join(std::ffi::OsStr::from_bytes(&child));
                 if self.skip.contains(&child_path) {
                     continue;
                 }
-                let pn = sub_parent
-                    .as_ref()
-                    .and_then(|t| t.nodes.iter().find(|n| n.name == child));
-                if let Some(n) = self.entry(&child_path, child, pn)? {
+                let pn = child_node(sub_parent.as_ref(), &child);
+                let node = self.entry(&child_path, child, pn);
+                if hinted > 0 {
+                    self.hints.done(hinted);
+                }
+                if let Some(n) = node? {
                     tree.nodes.push(n);
                 }
             }
@@ -304,35 +348,26 @@ impl Walker<'_> {
         } else if ft.is_file() {
             self.summary.files += 1;
             self.summary.total_bytes += meta.len();
-            let (mtime, ctime) = times(&meta);
             if !self.opts.force_full {
-                if let Some(p) = parent {
-                    if let NodeKind::File { size, chunks } = &p.kind {
-                        if *size == meta.len()
-                            && p.mtime_ns == mtime
-                            && p.ctime_ns == ctime
-                            && p.inode == meta.ino()
-                        {
-                            let chunks = chunks.clone();
-                            let mut all = true;
-                            for c in &chunks {
-                                if !self.is_stored(c)? {
-                                    all = false;
-                                    break;
-                                }
-                            }
-                            if all {
-                                Progress::add(&self.progress.files, 1);
-                                return Ok(Some(node_from(
-                                    name,
-                                    &meta,
-                                    NodeKind::File {
-                                        size: meta.len(),
-                                        chunks,
-                                    },
-                                )));
-                            }
+                if let Some(chunks) = unchanged(parent, &meta) {
+                    let chunks = chunks.clone();
+                    let mut all = true;
+                    for c in &chunks {
+                        if !self.is_stored(c)? {
+                            all = false;
+                            break;
                         }
+                    }
+                    if all {
+                        Progress::add(&self.progress.files, 1);
+                        return Ok(Some(node_from(
+                            name,
+                            &meta,
+                            NodeKind::File {
+                                size: meta.len(),
+                                chunks,
+                            },
+                        )));
                     }
                 }
             }
@@ -391,7 +426,11 @@ impl Walker<'_> {
         let read = match image {
             crate::sqlite::DbImage::Staged(path) => self.read_file(&path, true)?,
             crate::sqlite::DbImage::Pages(pages) => {
-                match self.chunk_reader(original, pages, true) {
+                // The pages are read in file order: read the file ahead.
+                self.hints.hint(original.to_path_buf(), meta.len());
+                let read = self.chunk_reader(original, pages, true);
+                self.hints.done(meta.len());
+                match read {
                     Ok(r) => Some(r),
                     // SQLite failed mid-way (I/O error, corruption): the image
                     // is incomplete, so the backup fails, as it does when the
@@ -456,9 +495,12 @@ impl Walker<'_> {
         let key = self.repo.keys().chunk_id_key();
         let mut chunks = Vec::new();
         let mut buf = std::mem::take(&mut self.read_buf);
+        let mut in_file = 0u64;
         let res = chunker.chunk_stream_with::<_, ReadError>(&mut buf, reader, |data| {
             let id = Id(key.id(data));
             chunks.push(id);
+            in_file += data.len() as u64;
+            self.hints.reading(in_file);
             self.summary.bytes_read += data.len() as u64;
             Progress::add(&self.progress.bytes, data.len() as u64);
             self.submit(id, BlobKind::Data, data)
@@ -810,6 +852,8 @@ fn run(
                 }
             });
 
+            let (hints, prefetcher) = Hints::new();
+            scope.spawn(move || prefetcher.run());
             let mut walker = Walker {
                 repo: repo_ref,
                 opts,
@@ -823,6 +867,7 @@ fn run(
                 warnings: Vec::new(),
                 read_buf: Vec::new(),
                 db_methods: Vec::new(),
+                hints,
             };
             let walked = walker
                 .walk_vdir(Path::new("/"), root, parent_tree)

@@ -10,6 +10,7 @@ pub use error::{RepoError, Result};
 pub use id::Id;
 pub mod backup;
 pub mod cache;
+mod prefetch;
 pub mod progress;
 pub mod repo;
 pub mod session;
