@@ -13,6 +13,10 @@
 //! replayed, reordered or forged data frame fails to open. Replies use
 //! `s2c = Export("coffer/v1/channel/s2c", 32)` with the reply counter as the
 //! nonce (RFC 9180 §9.8). The frame header is the AEAD's associated data.
+//!
+//! The core decapsulates with the DHKEM of `kem.rs`: the same KEM, byte for
+//! byte, whose private key keeps the realm's public key instead of
+//! recomputing it for every session.
 
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
@@ -21,11 +25,16 @@ use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
+use crate::kem::X25519HkdfSha256Cached;
 use crate::messages::{Request, Response, MESSAGE_LEN};
 use crate::realm::RealmDescriptor;
 use crate::{DecodeError, PROTOCOL_VERSION};
 
+/// The client's KEM: hpke's own DHKEM(X25519, HKDF-SHA256).
 type Kem = X25519HkdfSha256;
+/// The core's KEM: the same DHKEM (same `KEM_ID`, same bytes), with the
+/// realm's public key computed once instead of in every decapsulation.
+type ServerKem = X25519HkdfSha256Cached;
 type Aead = ChaCha20Poly1305;
 type Kdf = HkdfSha256;
 
@@ -248,29 +257,29 @@ pub struct Accepted {
 
 /// The core's end of a session.
 pub struct ServerChannel {
-    ctx: hpke::aead::AeadCtxR<Aead, Kdf, Kem>,
+    ctx: hpke::aead::AeadCtxR<Aead, Kdf, ServerKem>,
     s2c: LessSafeKey,
     replies: u64,
 }
 
 /// The realm's channel key pair, derived from key material inside the core.
+/// The private key is zeroized on drop; there is no `Debug`.
 pub struct ChannelKey {
-    sk: <Kem as hpke::Kem>::PrivateKey,
-    pk: [u8; 32],
+    /// Carries its public key, computed once here rather than in every
+    /// [`ServerChannel::accept`].
+    sk: <ServerKem as hpke::Kem>::PrivateKey,
 }
 
 impl ChannelKey {
     /// Derives the key pair deterministically (RFC 9180 DeriveKeyPair).
     pub fn derive(ikm: &[u8]) -> Self {
-        let (sk, pk) = Kem::derive_keypair(ikm);
-        let mut pkb = [0u8; 32];
-        pkb.copy_from_slice(&pk.to_bytes());
-        Self { sk, pk: pkb }
+        let (sk, _) = ServerKem::derive_keypair(ikm);
+        Self { sk }
     }
 
     /// The public key clients pin.
     pub fn public_key(&self) -> [u8; 32] {
-        self.pk
+        *self.sk.public_key().as_bytes()
     }
 }
 
@@ -287,11 +296,15 @@ impl ServerChannel {
         }
         let mut enc_bytes = [0u8; ENC_LEN];
         enc_bytes.copy_from_slice(&frame[2..2 + ENC_LEN]);
-        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&enc_bytes)
+        let enc = <ServerKem as hpke::Kem>::EncappedKey::from_bytes(&enc_bytes)
             .map_err(|_| ChannelError::Auth)?;
-        let mut ctx =
-            hpke::setup_receiver::<Aead, Kdf, Kem>(&OpModeR::Base, &key.sk, &enc, &info(realm_id))
-                .map_err(|_| ChannelError::Auth)?;
+        let mut ctx = hpke::setup_receiver::<Aead, Kdf, ServerKem>(
+            &OpModeR::Base,
+            &key.sk,
+            &enc,
+            &info(realm_id),
+        )
+        .map_err(|_| ChannelError::Auth)?;
         let plain = ctx
             .open(&frame[2 + ENC_LEN..], &frame[..2])
             .map_err(|_| ChannelError::Auth)?;

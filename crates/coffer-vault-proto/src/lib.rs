@@ -16,6 +16,7 @@
 
 pub mod channel;
 pub mod client;
+mod kem;
 pub mod messages;
 pub mod realm;
 pub mod suite;
