@@ -5,7 +5,8 @@
 //!
 //! Threads: the calling thread walks, reads, chunks and hashes; `workers`
 //! threads compress; one packer thread encrypts into packs; [`UPLOADERS`]
-//! threads write packs and index checkpoints. All channels are bounded.
+//! threads ([`LOCAL_UPLOADERS`] on a local disk) write packs and index
+//! checkpoints. All channels are bounded.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -673,9 +674,13 @@ fn uploader(
     Ok(())
 }
 
-/// Parallel pack uploads: storage writes (fsync locally, round trips in the
-/// cloud) overlap each other and the CPU stages.
+/// Parallel pack uploads to a remote store: round trips overlap each other
+/// and the CPU stages.
 pub const UPLOADERS: usize = 3;
+
+/// Parallel pack writes to a local disk: two overlap one pack's fsync with
+/// the next pack's write, and each holds a whole pack (16–24 MiB) in memory.
+pub const LOCAL_UPLOADERS: usize = 2;
 
 /// Deletes database images left by backups that were killed (their process
 /// is gone): a killed run must not leave a copy of the database behind.
@@ -824,9 +829,11 @@ fn run(
     let (file_chunker, db_chunker) = (repo_ref.file_chunker(), repo_ref.db_chunker());
     let result = std::thread::scope(
         |scope| -> Result<(Tree, Id, BackupSummary, Vec<String>, UploadResult)> {
-            let (job_tx, job_rx) = bounded::<Job>(workers * 2);
-            let (comp_tx, comp_rx) = bounded::<Compressed>(workers * 2);
-            let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+            let (job_tx, job_rx) = bounded::<Job>(workers);
+            let (comp_tx, comp_rx) = bounded::<Compressed>(workers);
+            // A finished pack is handed straight to a free uploader: each
+            // pack in memory is 16-24 MiB, the largest item of the pipeline.
+            let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
             let level = repo_ref.config.zstd_level;
             let mut worker_handles = Vec::new();
             for _ in 0..workers {
@@ -835,7 +842,12 @@ fn run(
             }
             drop((job_rx, comp_tx));
             let packer_h = scope.spawn(move || packer(repo_ref, comp_rx, pack_tx));
-            let uploader_hs: Vec<_> = (0..UPLOADERS)
+            let uploaders = if repo_ref.is_remote() {
+                UPLOADERS
+            } else {
+                LOCAL_UPLOADERS
+            };
+            let uploader_hs: Vec<_> = (0..uploaders)
                 .map(|_| {
                     let rx = pack_rx.clone();
                     scope.spawn(move || uploader(repo_ref, rx, progress, upload_state))
