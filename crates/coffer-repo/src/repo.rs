@@ -622,10 +622,10 @@ impl Repository {
             .map(|l| u64::from(l.offset) + u64::from(l.length))
             .max()
             .unwrap_or(start);
-        let mut data = self
-            .store
-            .get_range(&pack_name(pack), start, end.saturating_sub(start))?;
-        open_blobs_in(&self.keys, pack, start, &mut data, locs, each);
+        let mut data =
+            self.store
+                .get_range_buf(&pack_name(pack), start, end.saturating_sub(start))?;
+        open_blobs_in(&self.keys, pack, start, data.as_mut_slice(), locs, each);
         Ok(())
     }
 

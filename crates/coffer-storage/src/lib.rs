@@ -78,6 +78,12 @@ pub trait BlobStore: Send + Sync {
     /// Reads `len` bytes at `offset`; fails with [`StorageError::ShortRead`]
     /// if the object is shorter.
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StorageError>;
+    /// [`BlobStore::get_range`], with the bytes possibly at an offset into
+    /// their buffer: a read that bypasses the page cache needs an aligned
+    /// buffer, and moving the bytes to its start would cost the copy it saves.
+    fn get_range_buf(&self, name: &str, offset: u64, len: u64) -> Result<RangeBuf, StorageError> {
+        self.get_range(name, offset, len).map(RangeBuf::from)
+    }
     /// Lists every object whose name starts with `prefix`, sorted by name.
     /// (A consumer drive may list a name twice; [`RetryStore`] removes the
     /// repeats.)
@@ -136,6 +142,47 @@ pub fn open(location: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
             location: location.to_string(),
             reason: "this build has no cloud backends (coffer-storage feature `cloud`)".into(),
         }),
+    }
+}
+
+/// The bytes of a ranged read: `len` bytes at `start` in `buf`.
+#[derive(Debug)]
+pub struct RangeBuf {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl RangeBuf {
+    /// The bytes read.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let end = self.start.saturating_add(self.len).min(self.buf.len());
+        let start = self.start.min(end);
+        &mut self.buf[start..end]
+    }
+
+    /// How many bytes were read.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was read.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl RangeBuf {
+    /// `len` bytes at `start` in `buf`.
+    pub(crate) fn at(buf: Vec<u8>, start: usize, len: usize) -> Self {
+        Self { buf, start, len }
+    }
+}
+
+impl From<Vec<u8>> for RangeBuf {
+    fn from(buf: Vec<u8>) -> Self {
+        let len = buf.len();
+        Self { buf, start: 0, len }
     }
 }
 

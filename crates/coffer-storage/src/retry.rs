@@ -16,7 +16,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{BlobStore, CreateMode, ObjectInfo, PutOutcome, StorageError};
+use crate::{BlobStore, CreateMode, ObjectInfo, PutOutcome, RangeBuf, StorageError};
 
 /// How many times and how patiently to retry.
 #[derive(Debug, Clone)]
@@ -195,6 +195,12 @@ impl<S: BlobStore> BlobStore for RetryStore<S> {
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
         self.retry("get_range", name, || {
             self.inner.get_range(name, offset, len)
+        })
+    }
+
+    fn get_range_buf(&self, name: &str, offset: u64, len: u64) -> Result<RangeBuf, StorageError> {
+        self.retry("get_range", name, || {
+            self.inner.get_range_buf(name, offset, len)
         })
     }
 
