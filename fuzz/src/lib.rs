@@ -111,6 +111,7 @@ pub fn self_check(keys: &RepoKeys) {
         plain.clone(),
     );
     let (pack, bytes, locs) = w.finish();
+    let bytes = bytes.into_vec();
     let l = &locs[0];
     let stored = &bytes[l.offset as usize..(l.offset + l.length) as usize];
     assert_eq!(

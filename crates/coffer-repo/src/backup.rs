@@ -86,7 +86,7 @@ struct Compressed {
 struct FinishedPack {
     id: Id,
     kind: BlobKind,
-    bytes: Vec<u8>,
+    bytes: crate::format::pack::PackBytes,
     blobs: Vec<crate::format::types::BlobLocation>,
 }
 

@@ -260,7 +260,8 @@ fn build_pack(blobs: &[(Vec<u8>, BlobKind, bool)]) -> (Id, Vec<u8>, Vec<BlobLoca
         };
         w.add(id, *kind, comp, plain.len() as u32, stored);
     }
-    w.finish()
+    let (id, bytes, blobs) = w.finish();
+    (id, bytes.into_vec(), blobs)
 }
 
 fn pack_blobs() -> impl Strategy<Value = Vec<(Vec<u8>, BlobKind, bool)>> {

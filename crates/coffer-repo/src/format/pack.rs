@@ -77,8 +77,43 @@ pub struct PackWriter {
     id: Id,
     target: usize,
     key: SealingKey,
+    /// The pack is `buf[start..]`: see [`PackBytes`].
     buf: Vec<u8>,
+    start: usize,
     blobs: Vec<BlobLocation>,
+}
+
+/// Where a pack's bytes start in memory: a 4 KiB boundary, so that a local
+/// store can write them straight to the disk (`O_DIRECT`) instead of
+/// copying them into the page cache first.
+pub const PACK_ALIGN: usize = 4096;
+
+/// A finished pack's bytes, `buf[start..]`, starting at a [`PACK_ALIGN`]
+/// boundary (unless the buffer had to grow past what was reserved).
+pub struct PackBytes {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl PackBytes {
+    /// The pack.
+    pub fn as_slice(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or_default()
+    }
+
+    /// The pack in a vector of its own (moves the bytes).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start.min(self.buf.len()));
+        self.buf
+    }
+}
+
+impl std::ops::Deref for PackBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
 }
 
 impl PackWriter {
@@ -90,13 +125,19 @@ impl PackWriter {
     /// A new pack with a given id (known-answer tests; ids must never repeat).
     /// `capacity` is the target size the packer fills it to (see [`padded_len`]).
     pub fn with_id(keys: &RepoKeys, id: Id, capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity + 4096);
+        // Room for the target, the blob that crosses it, the trailer and the
+        // alignment, so that the buffer never moves (untouched capacity costs
+        // no memory).
+        let mut buf = Vec::with_capacity(capacity + MAX_BLOB as usize + (1 << 20) + PACK_ALIGN);
+        let start = (PACK_ALIGN - buf.as_ptr() as usize % PACK_ALIGN) % PACK_ALIGN;
+        buf.resize(start, 0);
         buf.extend_from_slice(&header(Kind::Pack));
         Self {
             key: keys.pack_key(&id.0),
             id,
             target: capacity,
             buf,
+            start,
             blobs: Vec::new(),
         }
     }
@@ -108,7 +149,7 @@ impl PackWriter {
 
     /// Bytes so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// Whether no blob was added.
@@ -128,7 +169,7 @@ impl PackWriter {
         let index = self.blobs.len() as u32;
         self.key
             .seal(blob_nonce(index), &blob_aad(&self.id, &id, kind), &mut data);
-        let offset = self.buf.len() as u32;
+        let offset = self.len() as u32;
         self.buf.extend_from_slice(&data);
         self.blobs.push(BlobLocation {
             id,
@@ -142,9 +183,9 @@ impl PackWriter {
     }
 
     /// Seals the trailer, pads, and returns (id, bytes, blob locations).
-    pub fn finish(mut self) -> (Id, Vec<u8>, Vec<BlobLocation>) {
+    pub fn finish(mut self) -> (Id, PackBytes, Vec<BlobLocation>) {
         let entries = encode(&self.blobs);
-        let unpadded = self.buf.len() + 4 + entries.len() + TAG_LEN + 4;
+        let unpadded = self.len() + 4 + entries.len() + TAG_LEN + 4;
         let pad = (padded_len(unpadded as u64, self.target as u64) as usize) - unpadded;
         let mut trailer = Vec::with_capacity(4 + entries.len() + pad + TAG_LEN);
         trailer.extend_from_slice(&(entries.len() as u32).to_le_bytes());
@@ -155,7 +196,11 @@ impl PackWriter {
         self.buf.extend_from_slice(&trailer);
         self.buf
             .extend_from_slice(&(trailer.len() as u32).to_le_bytes());
-        (self.id, self.buf, self.blobs)
+        let bytes = PackBytes {
+            buf: self.buf,
+            start: self.start,
+        };
+        (self.id, bytes, self.blobs)
     }
 }
 

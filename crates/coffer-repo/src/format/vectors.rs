@@ -46,7 +46,7 @@ pub(crate) fn vector_pack() -> (Id, Vec<u8>) {
         blob,
     );
     let (pid, bytes, _) = w.finish();
-    (pid, bytes)
+    (pid, bytes.into_vec())
 }
 
 #[test]
