@@ -389,7 +389,11 @@ mod tests {
             if len >= DIRECT_MIN as usize && direct == 0 {
                 eprintln!("no O_DIRECT on this file system: the cached write was checked");
             } else if len >= DIRECT_MIN as usize {
-                assert_eq!(direct, len - len % DIRECT_ALIGN, "the aligned body goes direct");
+                assert_eq!(
+                    direct,
+                    len - len % DIRECT_ALIGN,
+                    "the aligned body goes direct"
+                );
             } else {
                 assert_eq!(direct, 0, "small writes go through the cache");
             }
@@ -397,7 +401,10 @@ mod tests {
             assert!(store.get("data/p").unwrap() == data, "{len}");
             // Unaligned in memory: written through the cache, same bytes.
             store.put("data/q", &buf[pad + 1..pad + len]).unwrap();
-            assert!(store.get("data/q").unwrap() == buf[pad + 1..pad + len], "{len}");
+            assert!(
+                store.get("data/q").unwrap() == buf[pad + 1..pad + len],
+                "{len}"
+            );
         }
     }
 
