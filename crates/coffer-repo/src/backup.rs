@@ -310,30 +310,34 @@ impl Walker<'_> {
                 }
             };
             entries.sort();
+            let children: Vec<(Vec<u8>, PathBuf)> = entries
+                .into_iter()
+                .map(|c| {
+                    let p = path.join(std::ffi::OsStr::from_bytes(&c));
+                    (c, p)
+                })
+                .filter(|(_, p)| !self.skip.contains(p))
+                .collect();
             // The regular files of this directory that will be read, hinted
-            // in the order they will be read.
-            let mut hinted = vec![0u64; entries.len()];
-            for (child, len) in entries.iter().zip(hinted.iter_mut()) {
-                let child_path = path.join(std::ffi::OsStr::from_bytes(child));
-                if self.skip.contains(&child_path) {
-                    continue;
-                }
-                let Ok(m) = fs::symlink_metadata(&child_path) else {
-                    continue;
-                };
-                let pn = child_node(sub_parent.as_ref(), child);
-                if m.file_type().is_file() && (self.opts.force_full || unchanged(pn, &m).is_none())
-                {
-                    *len = m.len();
-                    self.hints.hint(child_path, m.len());
-                }
-            }
+            // in the order they will be read (0: not hinted).
+            let hinted: Vec<u64> = children
+                .iter()
+                .map(|(child, child_path)| {
+                    let Ok(m) = fs::symlink_metadata(child_path) else {
+                        return 0;
+                    };
+                    let pn = child_node(sub_parent.as_ref(), child);
+                    let read = m.file_type().is_file()
+                        && (self.opts.force_full || unchanged(pn, &m).is_none());
+                    if !read {
+                        return 0;
+                    }
+                    self.hints.hint(child_path.clone(), m.len());
+                    m.len()
+                })
+                .collect();
             let mut tree = Tree::default();
-            for (child, hinted) in entries.into_iter().zip(hinted) {
-                let child_path = path.join(std::ffi::OsStr::from_bytes(&child));
-                if self.skip.contains(&child_path) {
-                    continue;
-                }
+            for ((child, child_path), hinted) in children.into_iter().zip(hinted) {
                 let pn = child_node(sub_parent.as_ref(), &child);
                 let node = self.entry(&child_path, child, pn);
                 if hinted > 0 {

@@ -45,6 +45,8 @@ pub(crate) struct Hints {
 struct Shared {
     /// Bytes the walker has read or passed over, in hint order.
     consumed: AtomicU64,
+    /// Bytes the thread has asked the kernel for (or skipped).
+    issued: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -101,15 +103,19 @@ pub(crate) struct Prefetcher {
 impl Prefetcher {
     /// Takes hints until the walker is done.
     pub(crate) fn run(self) {
-        let mut hinted = 0u64;
+        let issued = &self.shared.issued;
         for (path, len) in self.rx.iter() {
             let Ok(file) = File::open(&path) else {
-                hinted += len;
+                issued.fetch_add(len, Ordering::Relaxed);
                 continue;
             };
             let mut offset = 0u64;
             while offset < len {
-                while hinted.saturating_sub(self.shared.consumed.load(Ordering::Relaxed)) >= AHEAD {
+                while issued
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(self.shared.consumed.load(Ordering::Relaxed))
+                    >= AHEAD
+                {
                     if self.shared.stop.load(Ordering::Relaxed) {
                         return;
                     }
@@ -126,7 +132,7 @@ impl Prefetcher {
                     rustix::fs::Advice::WillNeed,
                 );
                 offset += n;
-                hinted += n;
+                issued.fetch_add(n, Ordering::Relaxed);
             }
         }
     }
@@ -137,22 +143,47 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// Waits until the thread has issued `want` bytes (or gives up).
+    fn issued_reaches(shared: &Shared, want: u64) -> u64 {
+        for _ in 0..2000 {
+            let n = shared.issued.load(Ordering::Relaxed);
+            if n >= want {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        shared.issued.load(Ordering::Relaxed)
+    }
+
     #[test]
-    fn stops_when_the_walker_is_done_even_when_ahead() {
+    fn stays_within_its_budget_and_stops_when_the_walker_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big");
         std::fs::write(&big, vec![7u8; 1 << 20]).unwrap();
-        let (hints, prefetcher) = Hints::new();
+        let (mut hints, prefetcher) = Hints::new();
+        let shared = prefetcher.shared.clone();
         let t = std::thread::spawn(move || prefetcher.run());
-        // Far more than AHEAD hinted and nothing consumed: the thread waits...
+        // Far more than AHEAD hinted and nothing consumed: exactly AHEAD is
+        // issued, in whole windows, and no more.
         for _ in 0..200 {
             hints.hint(big.clone(), AHEAD);
         }
+        assert_eq!(issued_reaches(&shared, AHEAD), AHEAD);
         std::thread::sleep(Duration::from_millis(20));
-        assert!(!t.is_finished(), "the prefetcher ran past its budget");
-        // ...and ends once the hints are dropped.
+        assert_eq!(
+            shared.issued.load(Ordering::Relaxed),
+            AHEAD,
+            "ran past its budget"
+        );
+        // The walker reads one window: one more window goes out.
+        hints.reading(WINDOW);
+        assert_eq!(issued_reaches(&shared, AHEAD + WINDOW), AHEAD + WINDOW);
+        hints.done(AHEAD);
+        assert_eq!(issued_reaches(&shared, 2 * AHEAD), 2 * AHEAD);
+        // Dropping the hints ends the thread, though hints remain.
         drop(hints);
         t.join().unwrap();
+        assert!(shared.issued.load(Ordering::Relaxed) < 200 * AHEAD);
     }
 
     #[test]

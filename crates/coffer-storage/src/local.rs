@@ -80,9 +80,7 @@ impl LocalStore {
             .open(self.path(name));
         let f = match direct {
             Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                return Ok(None)
-            }
+            Err(e) if refused(&e) => return Ok(None),
             Err(e) => return Err(self.read_err(name, e)),
         };
         let size = f.metadata().map_err(|e| self.read_err(name, e))?.len();
@@ -109,9 +107,7 @@ impl LocalStore {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    return Ok(None)
-                }
+                Err(e) if refused(&e) => return Ok(None),
                 Err(e) => return Err(self.read_err(name, e)),
             }
         }
@@ -140,14 +136,13 @@ fn direct_prefix(path: &Path, data: &[u8]) -> std::io::Result<usize> {
     if (data.len() as u64) < DIRECT_MIN || !(data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
         return Ok(0);
     }
-    let einval = Some(rustix::io::Errno::INVAL.raw_os_error());
     let f = match OpenOptions::new()
         .write(true)
         .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
         .open(path)
     {
         Ok(f) => f,
-        Err(e) if e.raw_os_error() == einval => return Ok(0),
+        Err(e) if refused(&e) => return Ok(0),
         Err(e) => return Err(e),
     };
     let mut done = 0usize;
@@ -162,11 +157,17 @@ fn direct_prefix(path: &Path, data: &[u8]) -> std::io::Result<usize> {
             Ok(n) if n % DIRECT_ALIGN == 0 => done += n,
             Ok(n) => return Ok(done + n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == einval && done == 0 => return Ok(0),
+            Err(e) if refused(&e) && done == 0 => return Ok(0),
             Err(e) => return Err(e),
         }
     }
     Ok(done)
+}
+
+/// `EINVAL` from an `O_DIRECT` open or transfer: the file system (or this
+/// buffer) does not do direct I/O, and the cache must be used instead.
+fn refused(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
 }
 
 /// Ranged reads of at least this many bytes bypass the page cache (restore

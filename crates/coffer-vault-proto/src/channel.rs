@@ -129,7 +129,7 @@ pub fn frame_session(frame: &[u8]) -> Result<SessionId, DecodeError> {
 
 /// Lets a `rand_core` 0.6 generator (opaque-ke's generation) drive hpke,
 /// which is on `rand_core` 0.9.
-struct Compat<'a, R>(&'a mut R);
+pub(crate) struct Compat<'a, R>(pub(crate) &'a mut R);
 
 impl<R: rand_core::RngCore> hpke::rand_core::RngCore for Compat<'_, R> {
     fn next_u32(&mut self) -> u32 {

@@ -228,6 +228,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+    use crate::channel::Compat;
     use hpke::aead::ChaCha20Poly1305;
     use hpke::{OpModeR, OpModeS, PskBundle};
     use rand_core::{OsRng, RngCore};
@@ -245,23 +246,6 @@ mod tests {
         OsRng.fill_bytes(&mut b);
         b
     }
-
-    /// An RNG of hpke's `rand_core` generation, for the stock sender.
-    struct HpkeRng;
-
-    impl hpke::rand_core::RngCore for HpkeRng {
-        fn next_u32(&mut self) -> u32 {
-            OsRng.next_u32()
-        }
-        fn next_u64(&mut self) -> u64 {
-            OsRng.next_u64()
-        }
-        fn fill_bytes(&mut self, dst: &mut [u8]) {
-            OsRng.fill_bytes(dst)
-        }
-    }
-
-    impl hpke::rand_core::CryptoRng for HpkeRng {}
 
     /// RFC 9180 Appendix A.2.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
     /// ChaCha20Poly1305, mode Base. Values as in the RFC (and in hpke 0.13's
@@ -404,7 +388,7 @@ mod tests {
                 &OpModeS::Base,
                 &stock_pk,
                 &info,
-                &mut HpkeRng,
+                &mut Compat(&mut OsRng),
             )
             .unwrap();
             let enc = EncappedKey::from_bytes(&enc.to_bytes()).unwrap();
@@ -439,7 +423,7 @@ mod tests {
             &OpModeS::Psk(bundle),
             &stock_pk,
             b"info",
-            &mut HpkeRng,
+            &mut Compat(&mut OsRng),
         )
         .unwrap();
         let enc = EncappedKey::from_bytes(&enc.to_bytes()).unwrap();
@@ -460,7 +444,7 @@ mod tests {
             let ikm = random::<32>();
             let (_, pk) = Ours::derive_keypair(&ikm);
             let (stock_sk, _) = Stock::derive_keypair(&ikm);
-            let (ss, enc) = Ours::encap(&pk, None, &mut HpkeRng).unwrap();
+            let (ss, enc) = Ours::encap(&pk, None, &mut Compat(&mut OsRng)).unwrap();
             let stock_enc = <Stock as Kem>::EncappedKey::from_bytes(&enc.to_bytes()).unwrap();
             let stock_ss = Stock::decap(&stock_sk, None, &stock_enc).unwrap();
             assert_eq!(ss.0, stock_ss.0);
@@ -477,7 +461,7 @@ mod tests {
             &OpModeS::Base,
             &stock_pk,
             info,
-            &mut HpkeRng,
+            &mut Compat(&mut OsRng),
         )
         .unwrap();
         let ct = sender.seal(b"hello", b"aad").unwrap();
@@ -556,7 +540,7 @@ mod tests {
             Some(HpkeError::DecapError)
         );
         assert_eq!(
-            Ours::encap(&pk, Some((&sk, &pk)), &mut HpkeRng).err(),
+            Ours::encap(&pk, Some((&sk, &pk)), &mut Compat(&mut OsRng)).err(),
             Some(HpkeError::EncapError)
         );
     }
