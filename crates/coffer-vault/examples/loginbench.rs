@@ -19,6 +19,16 @@
 //! - `path`: the real daemon (`coffer-vault serve`) pinned to the server CPU,
 //!   this load generator pinned to the other CPU, HTTP/1.1 keep-alive, C
 //!   concurrent clients; server CPU from `/proc/<pid>/stat`.
+//! - `floor`: the same load against a server that does only what no
+//!   conforming server can skip (axum HTTP on the daemon's runtime, the
+//!   channel's HPKE, opaque-ke) and nothing else: no tokens, record, tree,
+//!   store or fsync (`floor-serve`; `--no-floor` skips it). A lower bound for
+//!   the whole path on this machine. `FLOOR_RUNTIME=current` serves it on a
+//!   single-threaded tokio runtime instead.
+//!
+//! The machine's speed drifts by 10-20% within minutes (a shared VM), so
+//! every `path` and `floor` phase runs between two short raw runs on the
+//! server CPU (3,000 logins each), and its % of raw is against their mean.
 //!
 //! Every measured login is a wrong-password login with a random KE3: the
 //! client never runs Argon2, and the server's work is the same as for a
@@ -85,6 +95,18 @@ enum Cmd {
     Realm(Box<RealmArgs>),
     /// Where the server's CPU goes: `perf script` output (from a `--perf`
     /// phase) on stdin, grouped by what each sample's call stack is doing.
+    /// The floor server (used by `all`): HTTP (axum, as the daemon) + the
+    /// channel + opaque-ke and nothing else; writes its realm descriptor to
+    /// `--realm-out`, then serves on 127.0.0.1:`--port`.
+    #[command(hide = true)]
+    FloorServe {
+        /// Port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+        /// Where the realm descriptor goes.
+        #[arg(long)]
+        realm_out: PathBuf,
+    },
     PerfSummary {
         /// Server CPU µs per login to scale the shares with (e.g. the
         /// unprofiled C=64 phase); 0: shares only.
@@ -117,6 +139,10 @@ struct RawArgs {
     /// Batch sizes of the in-process core measurement.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     core_batches: Vec<usize>,
+    /// Raw opaque-ke only (no in-process core): the short probe `all` runs
+    /// before and after every phase.
+    #[arg(long)]
+    no_core: bool,
 }
 
 #[derive(clap::Args, Clone)]
@@ -171,6 +197,9 @@ struct AllArgs {
     /// Working directory for realms (default: a temporary directory).
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// Skip the floor server's phases (HTTP + channel + opaque-ke only).
+    #[arg(long)]
+    no_floor: bool,
     #[command(flatten)]
     raw: RawArgs,
 }
@@ -184,6 +213,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::All(a) => run_all(&a),
         Cmd::Realm(a) => run_realms(&a),
+        Cmd::FloorServe { port, realm_out } => floor_serve(port, &realm_out),
         Cmd::PerfSummary {
             us_per_login,
             realm,
@@ -520,7 +550,11 @@ fn run_raw(a: &RawArgs) -> anyhow::Result<RawResult> {
             file: ServerRegistration::finish(fin.message).serialize().to_vec(),
         })
     })?;
-    let core_setup = core_setup(a)?;
+    let core_setup = if a.no_core {
+        None
+    } else {
+        Some(core_setup(a)?)
+    };
     // Open frames for the HPKE micro-measurement.
     let channel_key = coffer_vault_proto::channel::ChannelKey::derive(&[9u8; 32]);
     let hpke_realm = RealmDescriptor {
@@ -642,7 +676,10 @@ fn run_raw(a: &RawArgs) -> anyhow::Result<RawResult> {
     let busy0 = cpu_busy_ticks(a.cpu)?;
     let wall0 = Instant::now();
     let cpu0 = thread_ns();
-    let core = core_bench(a, core_setup)?;
+    let core = match core_setup {
+        Some(c) => core_bench(a, c)?,
+        None => Vec::new(),
+    };
     let core_other_load_pct = other_load(a.cpu, busy0, wall0, thread_ns() - cpu0, tck)?;
     Ok(RawResult {
         logins: a.logins,
@@ -1128,6 +1165,22 @@ struct PathResult {
     store_commit_us_per_login: f64,
     core_us_per_login: f64,
     batches_per_login: f64,
+    /// Raw opaque-ke's thread CPU µs per login, measured on the server CPU
+    /// right before and right after this phase (the machine's speed drifts:
+    /// the % of raw of a phase is against the mean of these two).
+    #[serde(default)]
+    raw_probes_us: Vec<f64>,
+}
+
+impl PathResult {
+    /// Raw opaque-ke µs per login next to this phase, else the run's.
+    fn raw_us(&self, run_raw_us: f64) -> f64 {
+        if self.raw_probes_us.is_empty() {
+            run_raw_us
+        } else {
+            self.raw_probes_us.iter().sum::<f64>() / self.raw_probes_us.len() as f64
+        }
+    }
 }
 
 impl PathResult {
@@ -1292,6 +1345,7 @@ fn path_phase(
         store_commit_us_per_login: dm("coffer_vault_store_commit_microseconds_total") / n,
         core_us_per_login: dm("coffer_vault_core_microseconds_total") / n,
         batches_per_login: dm("coffer_vault_batches_total") / n,
+        raw_probes_us: Vec::new(),
     })
 }
 
@@ -1328,6 +1382,9 @@ struct RunResult {
     run: usize,
     raw: RawResult,
     path: Vec<PathResult>,
+    /// The floor server at the same concurrencies (see [`floor_serve`]).
+    #[serde(default)]
+    floor: Vec<PathResult>,
 }
 
 fn run_all(a: &AllArgs) -> anyhow::Result<()> {
@@ -1336,6 +1393,29 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
     let both = format!("{},{}", a.server_cpu, a.client_cpu);
     let cpus = (a.server_cpu, a.client_cpu);
     let quiet = || wait_quiet(a.quiet_threshold, a.quiet_wait_secs);
+    let exe = std::env::current_exe()?;
+    // A short raw run on the server CPU (it pins itself), next to each phase.
+    let probe = || -> anyhow::Result<f64> {
+        let out = Command::new(&exe)
+            .arg("raw")
+            .args(["--cpu", &a.server_cpu.to_string()])
+            .args(["--logins", "3000", "--correct", "0", "--raw-users", "4"])
+            .arg("--no-core")
+            .stderr(Stdio::null())
+            .output()?;
+        ensure!(out.status.success(), "loginbench raw (probe) failed");
+        // Only cpu_us: with no correct logins some medians are NaN (null).
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)?["cpu_us"]
+            .as_f64()
+            .context("probe: no cpu_us")
+    };
+    // Runs a phase between two probes.
+    let probed = |f: &mut dyn FnMut() -> anyhow::Result<PathResult>| -> anyhow::Result<PathResult> {
+        let before = probe()?;
+        let mut p = f()?;
+        p.raw_probes_us = vec![before, probe()?];
+        Ok(p)
+    };
     let warmup = 300;
     let measured: usize = a.concurrency.len() * a.phase_logins;
     let perf_budget = if a.perf { a.phase_logins } else { 0 };
@@ -1351,7 +1431,6 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
         needed.div_ceil(WRONG_PER_USER)
     );
     std::fs::create_dir_all(&a.out)?;
-    let exe = std::env::current_exe()?;
     let mut runs = Vec::new();
     let mut profile = String::new();
     for run in 1..=a.runs {
@@ -1426,14 +1505,16 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
         let mut path = Vec::new();
         for &c in &a.concurrency {
             quiet()?;
-            let p = path_phase(&d, c, slot, a.phase_logins, a.phase_secs, tck, cpus, None)?;
+            let p = probed(&mut || {
+                path_phase(&d, c, slot, a.phase_logins, a.phase_secs, tck, cpus, None)
+            })?;
             slot += a.phase_logins;
             eprintln!(
                 "[run {run}] path C={c}: {} logins in {:.2} s, {:.0} logins/s/core ({:.0}% of raw), {:.0}/s wall, p50 {:.2} ms, p99 {:.2} ms, batch {:.1}, server CPU {:.0}%, client CPU {:.0}%, errors {}",
                 p.logins,
                 p.wall_s,
                 p.per_core(),
-                100.0 * p.per_core() * raw.cpu_us / 1e6,
+                100.0 * p.per_core() * p.raw_us(raw.cpu_us) / 1e6,
                 p.wall_rate(),
                 p.p50_ms,
                 p.p99_ms,
@@ -1496,7 +1577,39 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
             );
         }
         d.stop();
-        runs.push(RunResult { run, raw, path });
+        let mut floor = Vec::new();
+        if !a.no_floor {
+            let mut f = start_floor(a, &dir, run, users)?;
+            let w = path_phase(&f, 8, 0, warmup, 30.0, tck, cpus, None)?;
+            ensure!(w.errors == 0, "floor warm-up errors: {:?}", w.first_error);
+            for &c in &a.concurrency {
+                quiet()?;
+                let p = probed(&mut || {
+                    path_phase(&f, c, 0, a.phase_logins, a.phase_secs, tck, cpus, None)
+                })?;
+                eprintln!(
+                    "[run {run}] floor C={c}: {} logins in {:.2} s, {:.0} logins/s/core ({:.0}% of raw), {:.0} µs of server CPU per login, p50 {:.2} ms, errors {}",
+                    p.logins,
+                    p.wall_s,
+                    p.per_core(),
+                    100.0 * p.per_core() * p.raw_us(raw.cpu_us) / 1e6,
+                    p.server_cpu_s * 1e6 / p.logins.max(1) as f64,
+                    p.p50_ms,
+                    p.errors
+                );
+                if let Some(e) = &p.first_error {
+                    eprintln!("[run {run}]   first error: {e}");
+                }
+                floor.push(p);
+            }
+            f.stop();
+        }
+        runs.push(RunResult {
+            run,
+            raw,
+            path,
+            floor,
+        });
     }
     set_affinity(me, &both)?;
     let md = render(&runs) + &profile;
@@ -1562,12 +1675,34 @@ fn rows(r: &RunResult) -> Vec<Row> {
         out.push(Row {
             what: format!("whole path, C={}", p.concurrency),
             per_core: p.per_core(),
-            pct_raw: 100.0 * p.per_core() / raw_rate,
+            pct_raw: 100.0 * p.per_core() * p.raw_us(r.raw.cpu_us) / 1e6,
             busy_rate: Some(p.logins as f64 / p.server_core_busy_s),
             wall_rate: Some(p.wall_rate()),
             p50_ms: Some(p.p50_ms),
             p99_ms: Some(p.p99_ms),
             batch: Some(p.mean_batch),
+            server_cpu_pct: 100.0 * p.server_cpu_s / p.wall_s,
+            client_cpu_pct: Some(100.0 * p.client_cpu_s / p.wall_s),
+            other_load: format!(
+                "{:.0} / {:.0}",
+                p.other_load_server_cpu(),
+                p.other_load_client_cpu()
+            ),
+        });
+    }
+    for p in &r.floor {
+        out.push(Row {
+            what: format!(
+                "floor: HTTP + channel + opaque-ke only (no store, core, tokens), C={}",
+                p.concurrency
+            ),
+            per_core: p.per_core(),
+            pct_raw: 100.0 * p.per_core() * p.raw_us(r.raw.cpu_us) / 1e6,
+            busy_rate: Some(p.logins as f64 / p.server_core_busy_s),
+            wall_rate: Some(p.wall_rate()),
+            p50_ms: Some(p.p50_ms),
+            p99_ms: Some(p.p99_ms),
+            batch: None,
             server_cpu_pct: 100.0 * p.server_cpu_s / p.wall_s,
             client_cpu_pct: Some(100.0 * p.client_cpu_s / p.wall_s),
             other_load: format!(
@@ -1594,6 +1729,18 @@ fn median(mut v: Vec<f64>) -> f64 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn raw_probes(p: &PathResult) -> String {
+    if p.raw_probes_us.is_empty() {
+        "–".into()
+    } else {
+        p.raw_probes_us
+            .iter()
+            .map(|u| format!("{u:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
     }
 }
 
@@ -1656,13 +1803,13 @@ fn render(runs: &[RunResult]) -> String {
         }
     }
     s.push_str("\nWhole path, per login (server CPU from /proc/<pid>/stat and from summed schedstat; engine wall time from /metrics):\n\n");
-    s.push_str("| run | C | logins | errors | server CPU µs (stat) | server CPU µs (schedstat) | CPU busy µs | store commit wall µs | core wall µs (incl. NVRAM) | batches/login |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| run | C | logins | errors | server CPU µs (stat) | server CPU µs (schedstat) | CPU busy µs | store commit wall µs | core wall µs (incl. NVRAM) | batches/login | raw µs before / after |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in runs {
         for p in &r.path {
             let n = p.logins.max(1) as f64;
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |\n",
+                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {} |\n",
                 r.run,
                 p.concurrency,
                 p.logins,
@@ -1672,8 +1819,29 @@ fn render(runs: &[RunResult]) -> String {
                 p.server_core_busy_s * 1e6 / n,
                 p.store_commit_us_per_login,
                 p.core_us_per_login,
-                p.batches_per_login
+                p.batches_per_login,
+                raw_probes(p)
             ));
+        }
+    }
+    if runs.iter().any(|r| !r.floor.is_empty()) {
+        s.push_str("\nFloor server, per login: server CPU µs, and what is left after raw opaque-ke (the probes next to the phase) and the HPKE accept (p50, the run's raw measurement): about HTTP's two requests plus the session map:\n\n");
+        s.push_str("| run | C | logins | errors | server CPU µs | raw µs before / after | minus raw and accept µs |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        for r in runs {
+            for p in &r.floor {
+                let us = p.server_cpu_s * 1e6 / p.logins.max(1) as f64;
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {:.0} | {} | {:.0} |\n",
+                    r.run,
+                    p.concurrency,
+                    p.logins,
+                    p.errors,
+                    us,
+                    raw_probes(p),
+                    us - p.raw_us(r.raw.cpu_us) - r.raw.hpke_accept_p50_us
+                ));
+            }
         }
     }
     s.push_str("\nRaw opaque-ke, server µs per login (p50): ServerLogin::start (incl. deserializing file + KE1, serializing KE2) / finish (incl. deserializing KE3); and the channel's HPKE accept:\n\n");
@@ -1695,6 +1863,248 @@ fn render(runs: &[RunResult]) -> String {
         ));
     }
     s
+}
+
+// ---------------------------------------------------------------- floor
+
+/// The least a server could do per login and still be this protocol over
+/// HTTP: axum on a tokio runtime built like the daemon's, the channel's HPKE
+/// accept and data-frame open, opaque-ke's `ServerLogin::start`/`finish`
+/// (deserializing the password file and the messages, as the core does), and
+/// the reply seals. Nothing else: no tokens, rate limits or metrics, no
+/// record, sealing, Merkle tree or replay cache, no store, NVRAM or fsync, no
+/// batching and no hand-off to another thread. Each login uses the same
+/// password file. It is a lower bound for the whole path, not a vault: it
+/// keeps no guess count.
+struct Floor {
+    key: coffer_vault_proto::channel::ChannelKey,
+    realm_id: [u8; 16],
+    context: Vec<u8>,
+    setup: ServerSetup<CofferSuite>,
+    user: RawUser,
+    sessions: Mutex<
+        HashMap<
+            coffer_vault_proto::SessionId,
+            (coffer_vault_proto::ServerChannel, ServerLogin<CofferSuite>),
+        >,
+    >,
+}
+
+impl Floor {
+    fn open(&self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let acc = coffer_vault_proto::ServerChannel::accept(&self.key, &self.realm_id, frame)?;
+        let (req, _) = Request::decode(&acc.request)?;
+        let Request::LoginStart { ke1 } = req else {
+            bail!("the floor server takes logins only, got {}", req.name());
+        };
+        let file = ServerRegistration::<CofferSuite>::deserialize(&self.user.file)
+            .map_err(|e| anyhow!("password file: {e:?}"))?;
+        let ke1 = CredentialRequest::<CofferSuite>::deserialize(&ke1[..])
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let start = ServerLogin::start(
+            &mut OsRng,
+            &self.setup,
+            Some(file),
+            ke1,
+            &self.user.id,
+            server_params(&self.context),
+        )
+        .map_err(|e| anyhow!("ServerLogin::start: {e:?}"))?;
+        let mut ke2 = Box::new([0u8; coffer_vault_proto::suite::sizes::KE2]);
+        ke2.copy_from_slice(&start.message.serialize());
+        let mut session = [0u8; 16];
+        OsRng.fill_bytes(&mut session);
+        let mut channel = acc.channel;
+        let reply = channel.seal_reply(
+            &session,
+            &Response::LoginStarted {
+                attempts_remaining: 9,
+                ke2,
+            },
+        );
+        self.sessions
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .insert(session, (channel, start.state));
+        Ok(reply)
+    }
+
+    fn send(&self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let session = coffer_vault_proto::channel::frame_session(frame)?;
+        let (mut channel, state) = self
+            .sessions
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .remove(&session)
+            .context("unknown session")?;
+        let plain = channel.open_data(frame)?;
+        let (req, _) = Request::decode(&plain)?;
+        let Request::LoginFinish { ke3 } = req else {
+            bail!("expected KE3, got {}", req.name());
+        };
+        let ok = match CredentialFinalization::<CofferSuite>::deserialize(&ke3[..]) {
+            Ok(m) => state.finish(m, server_params(&self.context)).is_ok(),
+            Err(_) => false,
+        };
+        ensure!(!ok, "a random KE3 was accepted");
+        Ok(channel.seal_reply(
+            &session,
+            &Response::Error {
+                code: ErrorCode::WrongPassword,
+                attempts_remaining: Some(8),
+                server_time_ms: now_ms(),
+            },
+        ))
+    }
+}
+
+fn floor_reply(r: anyhow::Result<Vec<u8>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match r {
+        Ok(body) => (
+            axum::http::StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            body,
+        )
+            .into_response(),
+        Err(e) => (axum::http::StatusCode::BAD_REQUEST, format!("{e:#}")).into_response(),
+    }
+}
+
+fn floor_serve(port: u16, realm_out: &Path) -> anyhow::Result<()> {
+    use axum::extract::{DefaultBodyLimit, State};
+    use axum::routing::{get, post};
+    use std::sync::Arc;
+
+    let mut realm_id = [0u8; 16];
+    OsRng.fill_bytes(&mut realm_id);
+    let mut ikm = [0u8; 32];
+    OsRng.fill_bytes(&mut ikm);
+    let key = coffer_vault_proto::channel::ChannelKey::derive(&ikm);
+    let setup = ServerSetup::<CofferSuite>::new(&mut OsRng);
+    let mut id = [0u8; 32];
+    OsRng.fill_bytes(&mut id);
+    let password = b"floor user".to_vec();
+    let start = ClientRegistration::<CofferSuite>::start(&mut OsRng, &password)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let resp = ServerRegistration::<CofferSuite>::start(&setup, start.message, &id)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let argon = ksf().argon2()?;
+    let fin = start
+        .state
+        .finish(
+            &mut OsRng,
+            &password,
+            resp.message,
+            ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&argon)),
+        )
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let user = RawUser {
+        id,
+        password,
+        file: ServerRegistration::finish(fin.message).serialize().to_vec(),
+    };
+    let realm = RealmDescriptor {
+        format: REALM_FORMAT.into(),
+        realm_id,
+        public_key: key.public_key(),
+        ksf: ksf(),
+        max_attempts_limit: 10,
+        address: format!("http://127.0.0.1:{port}"),
+    };
+    let floor = Arc::new(Floor {
+        key,
+        realm_id,
+        context: opaque_context(&realm_id),
+        setup,
+        user,
+        sessions: Mutex::new(HashMap::new()),
+    });
+    let app = axum::Router::new()
+        .route(
+            "/v1/open",
+            post(
+                |State(f): State<Arc<Floor>>, body: axum::body::Bytes| async move {
+                    floor_reply(f.open(&body))
+                },
+            ),
+        )
+        .route(
+            "/v1/send",
+            post(
+                |State(f): State<Arc<Floor>>, body: axum::body::Bytes| async move {
+                    floor_reply(f.send(&body))
+                },
+            ),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|| async { "" }))
+        .layer(DefaultBodyLimit::max(
+            coffer_vault_proto::channel::MAX_FRAME_LEN,
+        ))
+        .with_state(floor);
+    // The same runtime as `coffer-vault serve` (FLOOR_RUNTIME=current: a
+    // single-threaded one, to see what the runtime costs).
+    let rt = if std::env::var("FLOOR_RUNTIME").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        std::fs::write(realm_out, realm.to_json())?;
+        axum::serve(listener, app).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Starts the floor server pinned to the server CPU; `users` only sets how
+/// the load generator round-robins (every login uses the same password file).
+fn start_floor(a: &AllArgs, dir: &Path, run: usize, users: usize) -> anyhow::Result<Daemon> {
+    let port = free_port()?;
+    let realm_file = dir.join("floor-realm.json");
+    let log = std::fs::File::create(a.out.join(format!("floor-run{run}.log")))?;
+    let child = Command::new("taskset")
+        .args(["-c", &a.server_cpu.to_string()])
+        .arg(std::env::current_exe()?)
+        .args(["floor-serve", "--port", &port.to_string(), "--realm-out"])
+        .arg(&realm_file)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let mut d = Daemon {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        realm: RealmDescriptor {
+            format: REALM_FORMAT.into(),
+            realm_id: [0; 16],
+            public_key: [0; 32],
+            ksf: ksf(),
+            max_attempts_limit: 10,
+            address: String::new(),
+        },
+        tokens: vec!["floor".into(); users.max(1)],
+    };
+    let t0 = Instant::now();
+    loop {
+        if realm_file.exists() && get_text(&format!("{}/healthz", d.base)).is_ok() {
+            break;
+        }
+        if let Ok(Some(st)) = d.child.try_wait() {
+            bail!("the floor server exited: {st}");
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the floor server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.realm = RealmDescriptor::from_json(&std::fs::read_to_string(&realm_file)?)?;
+    Ok(d)
 }
 
 // ---------------------------------------------------------------- replicated realms
