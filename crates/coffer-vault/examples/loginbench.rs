@@ -458,6 +458,36 @@ struct RawUser {
     file: Vec<u8>,
 }
 
+/// Registers a user with opaque-ke directly (client Argon2 included): a
+/// random credential id and the serialized password file.
+fn raw_user(
+    setup: &ServerSetup<CofferSuite>,
+    ksf: &KsfParams,
+    password: Vec<u8>,
+) -> anyhow::Result<RawUser> {
+    let argon = ksf.argon2()?;
+    let mut id = [0u8; 32];
+    OsRng.fill_bytes(&mut id);
+    let start = ClientRegistration::<CofferSuite>::start(&mut OsRng, &password)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let resp = ServerRegistration::<CofferSuite>::start(setup, start.message, &id)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let fin = start
+        .state
+        .finish(
+            &mut OsRng,
+            &password,
+            resp.message,
+            ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&argon)),
+        )
+        .map_err(|e| anyhow!("{e:?}"))?;
+    Ok(RawUser {
+        id,
+        password,
+        file: ServerRegistration::finish(fin.message).serialize().to_vec(),
+    })
+}
+
 fn server_params(context: &[u8]) -> ServerLoginParameters<'_, 'static> {
     ServerLoginParameters {
         context: Some(context),
@@ -528,27 +558,7 @@ fn run_raw(a: &RawArgs) -> anyhow::Result<RawResult> {
     let argon = ksf().argon2()?;
     let setup = ServerSetup::<CofferSuite>::new(&mut OsRng);
     let users = par_map((0..a.raw_users).collect(), 2, |i| {
-        let mut id = [0u8; 32];
-        OsRng.fill_bytes(&mut id);
-        let password = format!("correct horse {i}").into_bytes();
-        let start = ClientRegistration::<CofferSuite>::start(&mut OsRng, &password)
-            .map_err(|e| anyhow!("{e:?}"))?;
-        let resp = ServerRegistration::<CofferSuite>::start(&setup, start.message, &id)
-            .map_err(|e| anyhow!("{e:?}"))?;
-        let fin = start
-            .state
-            .finish(
-                &mut OsRng,
-                &password,
-                resp.message,
-                ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&argon)),
-            )
-            .map_err(|e| anyhow!("{e:?}"))?;
-        Ok(RawUser {
-            id,
-            password,
-            file: ServerRegistration::finish(fin.message).serialize().to_vec(),
-        })
+        raw_user(&setup, &ksf(), format!("correct horse {i}").into_bytes())
     })?;
     let core_setup = if a.no_core {
         None
@@ -1005,6 +1015,23 @@ impl Daemon {
     fn pid(&self) -> String {
         self.child.id().to_string()
     }
+    /// Waits (30 s at most) until `ready()` and `/healthz` answers.
+    fn wait_up(&mut self, what: &str, ready: impl Fn() -> bool) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        loop {
+            if ready() && get_text(&format!("{}/healthz", self.base)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                bail!("{what} exited: {st}");
+            }
+            ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     fn stop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.pid()]).status();
         let _ = self.child.wait();
@@ -1084,20 +1111,7 @@ fn start_daemon(a: &AllArgs, dir: &Path, run: usize, users: usize) -> anyhow::Re
         realm,
         tokens,
     };
-    let t0 = Instant::now();
-    loop {
-        if get_text(&format!("{}/healthz", d.base)).is_ok() {
-            break;
-        }
-        if let Ok(Some(st)) = d.child.try_wait() {
-            bail!("coffer-vault serve exited: {st}");
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "vault did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_up("coffer-vault serve", || true)?;
     Ok(d)
 }
 
@@ -1671,38 +1685,30 @@ fn rows(r: &RunResult) -> Vec<Row> {
             other_load: format!("{:.0}", r.raw.core_other_load_pct),
         });
     }
-    for p in &r.path {
+    let phases = r
+        .path
+        .iter()
+        .map(|p| (format!("whole path, C={}", p.concurrency), p, true))
+        .chain(r.floor.iter().map(|p| {
+            (
+                format!(
+                    "floor: HTTP + channel + opaque-ke only (no store, core, tokens), C={}",
+                    p.concurrency
+                ),
+                p,
+                false,
+            )
+        }));
+    for (what, p, batched) in phases {
         out.push(Row {
-            what: format!("whole path, C={}", p.concurrency),
+            what,
             per_core: p.per_core(),
             pct_raw: 100.0 * p.per_core() * p.raw_us(r.raw.cpu_us) / 1e6,
             busy_rate: Some(p.logins as f64 / p.server_core_busy_s),
             wall_rate: Some(p.wall_rate()),
             p50_ms: Some(p.p50_ms),
             p99_ms: Some(p.p99_ms),
-            batch: Some(p.mean_batch),
-            server_cpu_pct: 100.0 * p.server_cpu_s / p.wall_s,
-            client_cpu_pct: Some(100.0 * p.client_cpu_s / p.wall_s),
-            other_load: format!(
-                "{:.0} / {:.0}",
-                p.other_load_server_cpu(),
-                p.other_load_client_cpu()
-            ),
-        });
-    }
-    for p in &r.floor {
-        out.push(Row {
-            what: format!(
-                "floor: HTTP + channel + opaque-ke only (no store, core, tokens), C={}",
-                p.concurrency
-            ),
-            per_core: p.per_core(),
-            pct_raw: 100.0 * p.per_core() * p.raw_us(r.raw.cpu_us) / 1e6,
-            busy_rate: Some(p.logins as f64 / p.server_core_busy_s),
-            wall_rate: Some(p.wall_rate()),
-            p50_ms: Some(p.p50_ms),
-            p99_ms: Some(p.p99_ms),
-            batch: None,
+            batch: batched.then_some(p.mean_batch),
             server_cpu_pct: 100.0 * p.server_cpu_s / p.wall_s,
             client_cpu_pct: Some(100.0 * p.client_cpu_s / p.wall_s),
             other_load: format!(
@@ -1982,28 +1988,7 @@ fn floor_serve(port: u16, realm_out: &Path) -> anyhow::Result<()> {
     OsRng.fill_bytes(&mut ikm);
     let key = coffer_vault_proto::channel::ChannelKey::derive(&ikm);
     let setup = ServerSetup::<CofferSuite>::new(&mut OsRng);
-    let mut id = [0u8; 32];
-    OsRng.fill_bytes(&mut id);
-    let password = b"floor user".to_vec();
-    let start = ClientRegistration::<CofferSuite>::start(&mut OsRng, &password)
-        .map_err(|e| anyhow!("{e:?}"))?;
-    let resp = ServerRegistration::<CofferSuite>::start(&setup, start.message, &id)
-        .map_err(|e| anyhow!("{e:?}"))?;
-    let argon = ksf().argon2()?;
-    let fin = start
-        .state
-        .finish(
-            &mut OsRng,
-            &password,
-            resp.message,
-            ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&argon)),
-        )
-        .map_err(|e| anyhow!("{e:?}"))?;
-    let user = RawUser {
-        id,
-        password,
-        file: ServerRegistration::finish(fin.message).serialize().to_vec(),
-    };
+    let user = raw_user(&setup, &ksf(), b"floor user".to_vec())?;
     let realm = RealmDescriptor {
         format: REALM_FORMAT.into(),
         realm_id,
@@ -2089,20 +2074,7 @@ fn start_floor(a: &AllArgs, dir: &Path, run: usize, users: usize) -> anyhow::Res
         },
         tokens: vec!["floor".into(); users.max(1)],
     };
-    let t0 = Instant::now();
-    loop {
-        if realm_file.exists() && get_text(&format!("{}/healthz", d.base)).is_ok() {
-            break;
-        }
-        if let Ok(Some(st)) = d.child.try_wait() {
-            bail!("the floor server exited: {st}");
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the floor server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_up("the floor server", || realm_file.exists())?;
     d.realm = RealmDescriptor::from_json(&std::fs::read_to_string(&realm_file)?)?;
     Ok(d)
 }
