@@ -10,10 +10,19 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 command -v cargo >/dev/null || { echo "demo.sh needs a Rust toolchain (cargo)"; exit 1; }
 command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
 
-say "Building coffer and coffer-vault (release)"
-cargo build --release --locked -q -p coffer-cli -p coffer-vault
-COFFER="$PWD/target/release/coffer"
-VAULT="$PWD/target/release/coffer-vault"
+if [ -n "${DEMO_BIN_DIR:-}" ]; then
+    # Binaries already built (scripts/test.sh runs the demo with the test build's).
+    COFFER="$DEMO_BIN_DIR/coffer"
+    VAULT="$DEMO_BIN_DIR/coffer-vault"
+    for b in "$COFFER" "$VAULT"; do
+        [ -x "$b" ] || { echo "DEMO_BIN_DIR: no executable $b"; exit 1; }
+    done
+else
+    say "Building coffer and coffer-vault (release)"
+    cargo build --release --locked -q -p coffer-cli -p coffer-vault
+    COFFER="$PWD/target/release/coffer"
+    VAULT="$PWD/target/release/coffer-vault"
+fi
 
 WORK="${DEMO_DIR:-$PWD/target/demo}"
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -99,7 +108,10 @@ export COFFER_CACHE_DIR="$WORK/thief/.cache/coffer"
 set +e
 for i in $(seq 1 10); do
     COFFER_PASSWORD="guess-$i" "$COFFER" snapshots --repo "$CLOUD" 2>&1 | tail -1
-    echo "   exit code: ${PIPESTATUS[0]}"
+    code=${PIPESTATUS[0]}
+    echo "   exit code: $code"
+    want=3; [ "$i" = 10 ] && want=5      # 3: wrong password; 5: the key is erased
+    [ "$code" = "$want" ] || { echo "expected exit code $want"; exit 1; }
 done
 say "The key is erased for good: now even the right password gets nothing"
 COFFER_PASSWORD="correct horse battery staple" "$COFFER" snapshots --repo "$CLOUD" 2>&1 | tail -1

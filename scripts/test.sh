@@ -31,6 +31,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 disk_report "after the tests"
+echo "== the README's demo (./demo.sh), on the test build's binaries"
+DEMO_BIN_DIR="$PWD/target/debug" DEMO_DIR="$PWD/target/demo-ci" ./demo.sh
 echo "== format vectors, independent Python implementation"
 VENV=target/pyvenv
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
