@@ -2982,12 +2982,12 @@ const REALM_CATEGORIES: &[(&str, &[&str], &[&str])] = &[
     ),
     (
         "store commit (single node): fsync/fdatasync",
-        &["Store::commit"],
+        &["Store::commit", "Store::write"],
         &["fsync", "fdatasync", "ext4_sync_file"],
     ),
     (
         "store commit (single node): B-tree",
-        &["Store::commit"],
+        &["Store::commit", "Store::write"],
         &[],
     ),
     (
@@ -3595,12 +3595,12 @@ const CATEGORIES: &[(&str, &[&str], &[&str])] = &[
     ("marker (HMAC-SHA256)", &["make_marker"], &[]),
     (
         "redb commit: fsync/fdatasync (kernel)",
-        &["Store::commit"],
+        &["Store::commit", "Store::write"],
         &["fsync", "fdatasync", "ext4_sync_file"],
     ),
     (
         "redb commit: B-tree, page cache writes",
-        &["Store::commit"],
+        &["Store::commit", "Store::write"],
         &[],
     ),
     ("redb read (Store::buckets)", &["Store::buckets"], &[]),
