@@ -145,6 +145,12 @@ pub fn open(location: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
     }
 }
 
+/// The alignment a local store's direct (`O_DIRECT`) I/O needs: file
+/// offset, length and memory address. 4 KiB covers every logical block size
+/// in use (512 B and 4 KiB). A write is direct only if its bytes start at
+/// such a boundary in memory, which is why packs are built there.
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// The bytes of a ranged read: `len` bytes at `start` in `buf`.
 #[derive(Debug)]
 pub struct RangeBuf {
@@ -154,6 +160,11 @@ pub struct RangeBuf {
 }
 
 impl RangeBuf {
+    /// `len` bytes at `start` in `buf`.
+    pub(crate) fn at(buf: Vec<u8>, start: usize, len: usize) -> Self {
+        Self { buf, start, len }
+    }
+
     /// The bytes read.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         let end = self.start.saturating_add(self.len).min(self.buf.len());
@@ -169,13 +180,6 @@ impl RangeBuf {
     /// Whether nothing was read.
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-}
-
-impl RangeBuf {
-    /// `len` bytes at `start` in `buf`.
-    pub(crate) fn at(buf: Vec<u8>, start: usize, len: usize) -> Self {
-        Self { buf, start, len }
     }
 }
 

@@ -6,7 +6,10 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::temporaries::{is_stale, temp_file_name, TMP_DIR};
-use crate::{check_range, BlobStore, CreateMode, ObjectInfo, PutOutcome, RangeBuf, StorageError};
+use crate::{
+    check_range, BlobStore, CreateMode, ObjectInfo, PutOutcome, RangeBuf, StorageError,
+    DIRECT_ALIGN,
+};
 
 /// Objects as files under a root directory.
 ///
@@ -173,10 +176,6 @@ fn refused(e: &std::io::Error) -> bool {
 /// Ranged reads of at least this many bytes bypass the page cache (restore
 /// and verify read packs in spans of up to 8 MiB, once each).
 const DIRECT_MIN: u64 = 1 << 20;
-
-/// The alignment of direct reads: offset, length and memory. 4 KiB covers
-/// every logical block size in use (512 B and 4 KiB).
-const DIRECT_ALIGN: usize = 4096;
 
 fn sync_dir(dir: Option<&Path>) {
     // Directory fsync makes the rename durable; failure here is not fatal to

@@ -83,10 +83,10 @@ pub struct PackWriter {
     blobs: Vec<BlobLocation>,
 }
 
-/// Where a pack's bytes start in memory: a 4 KiB boundary, so that a local
-/// store can write them straight to the disk (`O_DIRECT`) instead of
-/// copying them into the page cache first.
-pub const PACK_ALIGN: usize = 4096;
+/// Where a pack's bytes start in memory: the boundary a local store needs to
+/// write them straight to the disk (`O_DIRECT`) instead of copying them into
+/// the page cache first.
+pub const PACK_ALIGN: usize = coffer_storage::DIRECT_ALIGN;
 
 /// A finished pack's bytes, `buf[start..]`, starting at a [`PACK_ALIGN`]
 /// boundary (unless the buffer had to grow past what was reserved).
