@@ -139,8 +139,8 @@ struct RawArgs {
     /// Batch sizes of the in-process core measurement.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     core_batches: Vec<usize>,
-    /// Raw opaque-ke only (no in-process core): the short probe `all` runs
-    /// before and after every phase.
+    /// Raw opaque-ke only (no in-process core, no HPKE accept): the short
+    /// probe `all` runs before and after every phase.
     #[arg(long)]
     no_core: bool,
 }
@@ -575,7 +575,7 @@ fn run_raw(a: &RawArgs) -> anyhow::Result<RawResult> {
         max_attempts_limit: 10,
         address: "in-process".into(),
     };
-    let hpke_frames: Vec<Vec<u8>> = (0..2000)
+    let hpke_frames: Vec<Vec<u8>> = (0..if a.no_core { 0 } else { 2000 })
         .map(|_| {
             let ke1 = Box::new([0u8; 96]);
             ClientChannel::open(
@@ -1195,9 +1195,6 @@ impl PathResult {
             self.raw_probes_us.iter().sum::<f64>() / self.raw_probes_us.len() as f64
         }
     }
-}
-
-impl PathResult {
     fn per_core(&self) -> f64 {
         self.logins as f64 / self.server_cpu_s
     }
