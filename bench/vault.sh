@@ -2,13 +2,15 @@
 # Vault login benchmark (issue #3 point 10): server-side OPAQUE logins per second per core through
 # the whole path (HTTP, channel, core, sealing, store, NVRAM) vs raw opaque-ke, same machine, same
 # run, plus a floor server that does only HTTP + the channel + opaque-ke (the least any conforming
-# server must do). See docs/benchmarks.md ("Vault logins") and
+# server must do), and the same server answering with no crypto (what HTTP alone costs; with raw
+# and the HPKE accept it gives the ceiling from parts). See docs/benchmarks.md ("Vault logins") and
 # crates/coffer-vault/examples/loginbench.rs.
 #
 #   bench/vault.sh                      # 3 runs, C = 1,8,32,64,128, profile of the last run
 #   RUNS=1 PERF=0 bench/vault.sh        # one quick run, no profile
 #   bench/vault.sh --phase-logins 3000  # extra arguments go to `loginbench all`
 #   bench/vault.sh --no-floor           # without the floor server's phases
+#   bench/vault.sh --no-http-floor      # without the HTTP-only phases (the floor server, no crypto)
 #
 # Knobs (environment): RUNS (3), PERF (1: profile the server with `perf record` in the last run, if
 # perf is installed), BUILD (1: cargo build --release first), SERVER_CPU (0), CLIENT_CPU (1),

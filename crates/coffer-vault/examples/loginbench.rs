@@ -25,6 +25,13 @@
 //!   store or fsync (`floor-serve`; `--no-floor` skips it). A lower bound for
 //!   the whole path on this machine. `FLOOR_RUNTIME=current` serves it on a
 //!   single-threaded tokio runtime instead.
+//! - `http`: the same load against the floor server in `--http-only` mode:
+//!   the same axum app and runtime, but each request gets a recorded real
+//!   reply of the right size, with no crypto at all. What two HTTP requests
+//!   cost per login on this machine (`--no-http-floor` skips it). With raw
+//!   and the HPKE accept it gives the **ceiling from parts**: raw / (raw +
+//!   HPKE accept + HTTP), the best any server doing the mandated work could
+//!   reach if running them together cost nothing extra.
 //!
 //! The machine's speed drifts by 10-20% within minutes (a shared VM), so
 //! every `path` and `floor` phase runs between two short raw runs on the
@@ -106,6 +113,16 @@ enum Cmd {
         /// Where the realm descriptor goes.
         #[arg(long)]
         realm_out: PathBuf,
+        /// No crypto: answer every open and send with a recorded real reply
+        /// (HTTP cost only).
+        #[arg(long)]
+        http_only: bool,
+    },
+    /// Prints the tables of an earlier `all` from its results.json (for
+    /// example after the tables gained a section).
+    Render {
+        /// The results.json of `all`.
+        json: PathBuf,
     },
     PerfSummary {
         /// Server CPU µs per login to scale the shares with (e.g. the
@@ -200,6 +217,9 @@ struct AllArgs {
     /// Skip the floor server's phases (HTTP + channel + opaque-ke only).
     #[arg(long)]
     no_floor: bool,
+    /// Skip the HTTP-only phases (the floor server answering without crypto).
+    #[arg(long)]
+    no_http_floor: bool,
     #[command(flatten)]
     raw: RawArgs,
 }
@@ -213,7 +233,16 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::All(a) => run_all(&a),
         Cmd::Realm(a) => run_realms(&a),
-        Cmd::FloorServe { port, realm_out } => floor_serve(port, &realm_out),
+        Cmd::FloorServe {
+            port,
+            realm_out,
+            http_only,
+        } => floor_serve(port, &realm_out, http_only),
+        Cmd::Render { json } => {
+            let runs: Vec<RunResult> = serde_json::from_slice(&std::fs::read(&json)?)?;
+            println!("{}", render(&runs));
+            Ok(())
+        }
         Cmd::PerfSummary {
             us_per_login,
             realm,
@@ -417,6 +446,11 @@ fn par_map<T: Send, U: Send>(
 
 // ---------------------------------------------------------------- raw opaque-ke
 
+/// serde_json writes NaN as null; read null back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct RawResult {
     logins: usize,
@@ -429,10 +463,14 @@ struct RawResult {
     start_p50_us: f64,
     finish_p50_us: f64,
     correct_samples: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     correct_start_p50_us: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     correct_finish_p50_us: f64,
     /// Same users, same loop, wrong KE3, sampled next to the correct ones.
+    #[serde(deserialize_with = "nan_if_null")]
     wrong_start_p50_us: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     wrong_finish_p50_us: f64,
     /// `ServerChannel::accept` of an open frame (HPKE X25519 decap, key
     /// schedule, ChaCha20-Poly1305 open of 448 bytes, export): p50 µs.
@@ -1009,6 +1047,9 @@ struct Daemon {
     base: String,
     realm: RealmDescriptor,
     tokens: Vec<String>,
+    /// A floor server in `--http-only` mode: replies are recorded bytes, not
+    /// for this client's channel, so only their status and size are checked.
+    http_only: bool,
 }
 
 impl Daemon {
@@ -1110,6 +1151,7 @@ fn start_daemon(a: &AllArgs, dir: &Path, run: usize, users: usize) -> anyhow::Re
         base,
         realm,
         tokens,
+        http_only: false,
     };
     d.wait_up("coffer-vault serve", || true)?;
     Ok(d)
@@ -1175,6 +1217,8 @@ struct PathResult {
     client_core_busy_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// NaN (null in JSON) for the floor servers, which do not batch.
+    #[serde(deserialize_with = "nan_if_null")]
     mean_batch: f64,
     store_commit_us_per_login: f64,
     core_us_per_login: f64,
@@ -1362,6 +1406,9 @@ fn path_phase(
 
 /// One wrong-password login: open (KE1 → KE2), send (random KE3 → refusal).
 fn login_once(ag: &ureq::Agent, d: &Daemon, it: &mut Item) -> anyhow::Result<()> {
+    if d.http_only {
+        return http_once(ag, d, it);
+    }
     let body = post(
         ag,
         &format!("{}/v1/open", d.base),
@@ -1386,6 +1433,35 @@ fn login_once(ag: &ureq::Agent, d: &Daemon, it: &mut Item) -> anyhow::Result<()>
     }
 }
 
+/// The two requests of a login against an `--http-only` server: the real
+/// open frame, then a data frame of the real size; checks the replies' sizes.
+fn http_once(ag: &ureq::Agent, d: &Daemon, it: &Item) -> anyhow::Result<()> {
+    use coffer_vault_proto::channel::DATA_FRAME_LEN;
+    let body = post(
+        ag,
+        &format!("{}/v1/open", d.base),
+        Some(&d.tokens[it.user]),
+        &it.frame,
+    )?;
+    ensure!(
+        body.len() == DATA_FRAME_LEN,
+        "open reply of {} bytes",
+        body.len()
+    );
+    let body = post(
+        ag,
+        &format!("{}/v1/send", d.base),
+        None,
+        &[0u8; DATA_FRAME_LEN],
+    )?;
+    ensure!(
+        body.len() == DATA_FRAME_LEN,
+        "send reply of {} bytes",
+        body.len()
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------- all
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -1396,6 +1472,9 @@ struct RunResult {
     /// The floor server at the same concurrencies (see [`floor_serve`]).
     #[serde(default)]
     floor: Vec<PathResult>,
+    /// The floor server in `--http-only` mode at the same concurrencies.
+    #[serde(default)]
+    http: Vec<PathResult>,
 }
 
 fn run_all(a: &AllArgs) -> anyhow::Result<()> {
@@ -1588,18 +1667,20 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
             );
         }
         d.stop();
-        let mut floor = Vec::new();
-        if !a.no_floor {
-            let mut f = start_floor(a, &dir, run, users)?;
+        // The floor server, and the same server answering without crypto.
+        let floor_phases = |http_only: bool| -> anyhow::Result<Vec<PathResult>> {
+            let name = if http_only { "HTTP only" } else { "floor" };
+            let mut f = start_floor(a, &dir, run, users, http_only)?;
             let w = path_phase(&f, 8, 0, warmup, 30.0, tck, cpus, None)?;
-            ensure!(w.errors == 0, "floor warm-up errors: {:?}", w.first_error);
+            ensure!(w.errors == 0, "{name} warm-up errors: {:?}", w.first_error);
+            let mut out = Vec::new();
             for &c in &a.concurrency {
                 quiet()?;
                 let p = probed(&mut || {
                     path_phase(&f, c, 0, a.phase_logins, a.phase_secs, tck, cpus, None)
                 })?;
                 eprintln!(
-                    "[run {run}] floor C={c}: {} logins in {:.2} s, {:.0} logins/s/core ({:.0}% of raw), {:.0} µs of server CPU per login, p50 {:.2} ms, errors {}",
+                    "[run {run}] {name} C={c}: {} logins in {:.2} s, {:.0} logins/s/core ({:.0}% of raw), {:.0} µs of server CPU per login, p50 {:.2} ms, errors {}",
                     p.logins,
                     p.wall_s,
                     p.per_core(),
@@ -1611,15 +1692,27 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
                 if let Some(e) = &p.first_error {
                     eprintln!("[run {run}]   first error: {e}");
                 }
-                floor.push(p);
+                out.push(p);
             }
             f.stop();
-        }
+            Ok(out)
+        };
+        let floor = if a.no_floor {
+            Vec::new()
+        } else {
+            floor_phases(false)?
+        };
+        let http = if a.no_http_floor {
+            Vec::new()
+        } else {
+            floor_phases(true)?
+        };
         runs.push(RunResult {
             run,
             raw,
             path,
             floor,
+            http,
         });
     }
     set_affinity(me, &both)?;
@@ -1690,6 +1783,16 @@ fn rows(r: &RunResult) -> Vec<Row> {
             (
                 format!(
                     "floor: HTTP + channel + opaque-ke only (no store, core, tokens), C={}",
+                    p.concurrency
+                ),
+                p,
+                false,
+            )
+        }))
+        .chain(r.http.iter().map(|p| {
+            (
+                format!(
+                    "HTTP only: 2 requests, recorded replies, no crypto, C={}",
                     p.concurrency
                 ),
                 p,
@@ -1847,6 +1950,9 @@ fn render(runs: &[RunResult]) -> String {
             }
         }
     }
+    if runs.iter().any(|r| !r.http.is_empty()) {
+        s.push_str(&ceiling(runs));
+    }
     s.push_str("\nRaw opaque-ke, server µs per login (p50): ServerLogin::start (incl. deserializing file + KE1, serializing KE2) / finish (incl. deserializing KE3); and the channel's HPKE accept:\n\n");
     for r in runs {
         s.push_str(&format!(
@@ -1864,6 +1970,54 @@ fn render(runs: &[RunResult]) -> String {
             r.raw.wrong_finish_p50_us,
             r.raw.hpke_accept_p50_us
         ));
+    }
+    s
+}
+
+/// The ceiling from parts: each mandated part measured alone, summed as if
+/// running them together cost nothing extra.
+fn ceiling(runs: &[RunResult]) -> String {
+    let mut s = String::from(
+        "\nCeiling from parts, per login. HTTP = server CPU µs of the HTTP-only phase (two requests, no crypto); \
+         raw = the probes next to that phase; accept = the run's HPKE accept p50; core extra = the in-process core \
+         at its largest batch (OPAQUE, HPKE, records, tree, sessions; no I/O) minus the raw run it was measured with \
+         (same process, same minute). A = raw / (raw + accept + HTTP): only the mandated parts. \
+         B = raw / (raw + core extra + HTTP): plus the core's own work, still without store, fsync, tokens or \
+         hand-off. Floor and whole path at the same C for comparison:\n\n",
+    );
+    s.push_str("| run | C | HTTP µs | raw µs | accept µs | A: % of raw | core extra µs | B: % of raw | floor % of raw | whole path % of raw |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in runs {
+        let pct = |v: &[PathResult], c: usize| {
+            v.iter()
+                .find(|p| p.concurrency == c)
+                .map(|p| 100.0 * p.per_core() * p.raw_us(r.raw.cpu_us) / 1e6)
+        };
+        let extra = r
+            .raw
+            .core
+            .iter()
+            .max_by_key(|c| c.batch)
+            .map(|c| c.us_per_login - r.raw.cpu_us);
+        for p in &r.http {
+            let http = p.server_cpu_s * 1e6 / p.logins.max(1) as f64;
+            let raw = p.raw_us(r.raw.cpu_us);
+            let accept = r.raw.hpke_accept_p50_us;
+            let b = extra.map(|e| 100.0 * raw / (raw + e + http));
+            s.push_str(&format!(
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+                r.run,
+                p.concurrency,
+                http,
+                raw,
+                accept,
+                100.0 * raw / (raw + accept + http),
+                opt(extra, 0),
+                opt(b, 0),
+                opt(pct(&r.floor, p.concurrency), 0),
+                opt(pct(&r.path, p.concurrency), 0),
+            ));
+        }
     }
     s
 }
@@ -1974,7 +2128,35 @@ fn floor_reply(r: anyhow::Result<Vec<u8>>) -> axum::response::Response {
     }
 }
 
-fn floor_serve(port: u16, realm_out: &Path) -> anyhow::Result<()> {
+/// What the floor server answers in `--http-only` mode: a real open reply and
+/// a real send reply, recorded once at start-up.
+struct Recorded {
+    open: Vec<u8>,
+    send: Vec<u8>,
+}
+
+impl Recorded {
+    /// One real login through `floor`, keeping the two reply frames.
+    fn record(floor: &Floor, realm: &RealmDescriptor) -> anyhow::Result<Self> {
+        let (_, req) = Login::start(&mut OsRng, b"wrong password")?;
+        let (mut ch, frame) = ClientChannel::open(realm, &req, now_ms(), &mut OsRng)?;
+        let open = floor.open(&frame)?;
+        ensure!(
+            matches!(ch.receive(&open)?, Response::LoginStarted { .. }),
+            "recording: no KE2"
+        );
+        let frame = ch.send(
+            &Request::LoginFinish {
+                ke3: Box::new([7u8; 64]),
+            },
+            now_ms(),
+        )?;
+        let send = floor.send(&frame)?;
+        Ok(Self { open, send })
+    }
+}
+
+fn floor_serve(port: u16, realm_out: &Path, http_only: bool) -> anyhow::Result<()> {
     use axum::extract::{DefaultBodyLimit, State};
     use axum::routing::{get, post};
     use std::sync::Arc;
@@ -2002,29 +2184,56 @@ fn floor_serve(port: u16, realm_out: &Path) -> anyhow::Result<()> {
         user,
         sessions: Mutex::new(HashMap::new()),
     });
-    let app = axum::Router::new()
-        .route(
-            "/v1/open",
-            post(
-                |State(f): State<Arc<Floor>>, body: axum::body::Bytes| async move {
-                    floor_reply(f.open(&body))
-                },
-            ),
-        )
-        .route(
-            "/v1/send",
-            post(
-                |State(f): State<Arc<Floor>>, body: axum::body::Bytes| async move {
-                    floor_reply(f.send(&body))
-                },
-            ),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(|| async { "" }))
-        .layer(DefaultBodyLimit::max(
-            coffer_vault_proto::channel::MAX_FRAME_LEN,
-        ))
-        .with_state(floor);
+    let recorded = if http_only {
+        Some(Arc::new(Recorded::record(&floor, &realm)?))
+    } else {
+        None
+    };
+    let app = match recorded {
+        // The same routes, body limit and runtime; the handlers take the
+        // body and answer with recorded bytes.
+        Some(rec) => axum::Router::new()
+            .route(
+                "/v1/open",
+                post(
+                    |State(r): State<Arc<Recorded>>, _body: axum::body::Bytes| async move {
+                        floor_reply(Ok(r.open.clone()))
+                    },
+                ),
+            )
+            .route(
+                "/v1/send",
+                post(
+                    |State(r): State<Arc<Recorded>>, _body: axum::body::Bytes| async move {
+                        floor_reply(Ok(r.send.clone()))
+                    },
+                ),
+            )
+            .with_state(rec),
+        None => axum::Router::new()
+            .route(
+                "/v1/open",
+                post(
+                    |State(f): State<Arc<Floor>>, body: axum::body::Bytes| async move {
+                        floor_reply(f.open(&body))
+                    },
+                ),
+            )
+            .route(
+                "/v1/send",
+                post(
+                    |State(f): State<Arc<Floor>>, body: axum::body::Bytes| async move {
+                        floor_reply(f.send(&body))
+                    },
+                ),
+            )
+            .with_state(floor),
+    }
+    .route("/healthz", get(|| async { "ok" }))
+    .route("/metrics", get(|| async { "" }))
+    .layer(DefaultBodyLimit::max(
+        coffer_vault_proto::channel::MAX_FRAME_LEN,
+    ));
     // The same runtime as `coffer-vault serve` (FLOOR_RUNTIME=current: a
     // single-threaded one, to see what the runtime costs).
     let rt = if std::env::var("FLOOR_RUNTIME").as_deref() == Ok("current") {
@@ -2046,15 +2255,23 @@ fn floor_serve(port: u16, realm_out: &Path) -> anyhow::Result<()> {
 
 /// Starts the floor server pinned to the server CPU; `users` only sets how
 /// the load generator round-robins (every login uses the same password file).
-fn start_floor(a: &AllArgs, dir: &Path, run: usize, users: usize) -> anyhow::Result<Daemon> {
+fn start_floor(
+    a: &AllArgs,
+    dir: &Path,
+    run: usize,
+    users: usize,
+    http_only: bool,
+) -> anyhow::Result<Daemon> {
     let port = free_port()?;
-    let realm_file = dir.join("floor-realm.json");
-    let log = std::fs::File::create(a.out.join(format!("floor-run{run}.log")))?;
+    let name = if http_only { "http" } else { "floor" };
+    let realm_file = dir.join(format!("{name}-realm.json"));
+    let log = std::fs::File::create(a.out.join(format!("{name}-run{run}.log")))?;
     let child = Command::new("taskset")
         .args(["-c", &a.server_cpu.to_string()])
         .arg(std::env::current_exe()?)
         .args(["floor-serve", "--port", &port.to_string(), "--realm-out"])
         .arg(&realm_file)
+        .args(http_only.then_some("--http-only"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
@@ -2070,6 +2287,7 @@ fn start_floor(a: &AllArgs, dir: &Path, run: usize, users: usize) -> anyhow::Res
             address: String::new(),
         },
         tokens: vec!["floor".into(); users.max(1)],
+        http_only,
     };
     d.wait_up("the floor server", || realm_file.exists())?;
     d.realm = RealmDescriptor::from_json(&std::fs::read_to_string(&realm_file)?)?;
