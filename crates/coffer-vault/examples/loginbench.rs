@@ -1404,17 +1404,22 @@ fn path_phase(
     })
 }
 
+/// `POST /v1/open` with the item's open frame and its user's token.
+fn post_open(ag: &ureq::Agent, d: &Daemon, it: &Item) -> anyhow::Result<Vec<u8>> {
+    post(
+        ag,
+        &format!("{}/v1/open", d.base),
+        Some(&d.tokens[it.user]),
+        &it.frame,
+    )
+}
+
 /// One wrong-password login: open (KE1 → KE2), send (random KE3 → refusal).
 fn login_once(ag: &ureq::Agent, d: &Daemon, it: &mut Item) -> anyhow::Result<()> {
     if d.http_only {
         return http_once(ag, d, it);
     }
-    let body = post(
-        ag,
-        &format!("{}/v1/open", d.base),
-        Some(&d.tokens[it.user]),
-        &it.frame,
-    )?;
+    let body = post_open(ag, d, it)?;
     match it.ch.receive(&body)? {
         Response::LoginStarted { .. } => {}
         other => bail!("expected KE2, got {other:?}"),
@@ -1437,12 +1442,7 @@ fn login_once(ag: &ureq::Agent, d: &Daemon, it: &mut Item) -> anyhow::Result<()>
 /// open frame, then a data frame of the real size; checks the replies' sizes.
 fn http_once(ag: &ureq::Agent, d: &Daemon, it: &Item) -> anyhow::Result<()> {
     use coffer_vault_proto::channel::DATA_FRAME_LEN;
-    let body = post(
-        ag,
-        &format!("{}/v1/open", d.base),
-        Some(&d.tokens[it.user]),
-        &it.frame,
-    )?;
+    let body = post_open(ag, d, it)?;
     ensure!(
         body.len() == DATA_FRAME_LEN,
         "open reply of {} bytes",
