@@ -220,6 +220,10 @@ struct AllArgs {
     /// Skip the HTTP-only phases (the floor server answering without crypto).
     #[arg(long)]
     no_http_floor: bool,
+    /// Keep-alive connections of the saturating HTTP-only measurement (an
+    /// async client on the load generator's CPU; 0 skips it).
+    #[arg(long, default_value_t = 128)]
+    saturate_connections: usize,
     #[command(flatten)]
     raw: RawArgs,
 }
@@ -1475,6 +1479,129 @@ struct RunResult {
     /// The floor server in `--http-only` mode at the same concurrencies.
     #[serde(default)]
     http: Vec<PathResult>,
+    /// The same server saturated by an async client.
+    #[serde(default)]
+    http_saturated: Option<Saturated>,
+}
+
+/// HTTP alone with the server saturated: many requests per wake-up.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Saturated {
+    connections: usize,
+    /// Logins (an open and a send request each) in the timed window.
+    logins: u64,
+    wall_s: f64,
+    server_cpu_s: f64,
+    /// Raw opaque-ke next to it (the probes' mean).
+    raw_us: f64,
+}
+
+impl Saturated {
+    fn us_per_login(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.logins.max(1) as f64
+    }
+}
+
+/// One login's two requests on a hyper connection; checks each reply.
+async fn saturating_login(
+    tx: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    authority: &str,
+    auth: &str,
+    open: &hyper::body::Bytes,
+    data: &hyper::body::Bytes,
+) -> anyhow::Result<()> {
+    use coffer_vault_proto::channel::DATA_FRAME_LEN;
+    use http_body_util::{BodyExt, Full};
+    for (path, body) in [("/v1/open", open), ("/v1/send", data)] {
+        tx.ready().await?;
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::AUTHORIZATION, auth)
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(body.clone()))?;
+        let resp = tx.send_request(req).await?;
+        let status = resp.status();
+        let n = resp.into_body().collect().await?.to_bytes().len();
+        ensure!(
+            status == 200 && n == DATA_FRAME_LEN,
+            "{path}: HTTP {status}, {n} bytes"
+        );
+    }
+    Ok(())
+}
+
+/// Drives an `--http-only` floor server with `conns` keep-alive HTTP/1.1
+/// connections from one async task each (hyper's client on a
+/// single-threaded runtime: far less client CPU per request than the
+/// blocking load generator, so the server saturates). Each login is the
+/// real open frame and a data frame of the real size; every reply's status
+/// and size is checked. Counts logins over `secs` after 0.5 s of warm-up.
+fn http_saturated(d: &Daemon, conns: usize, secs: f64, tck: f64) -> anyhow::Result<Saturated> {
+    use coffer_vault_proto::channel::DATA_FRAME_LEN;
+    use hyper::body::Bytes;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::Arc;
+
+    let (_, req) = Login::start(&mut OsRng, b"wrong password")?;
+    let (_, open) = ClientChannel::open(&d.realm, &req, now_ms(), &mut OsRng)?;
+    let open = Bytes::from(open);
+    let data = Bytes::from(vec![0u8; DATA_FRAME_LEN]);
+    let authority = d.base.trim_start_matches("http://").to_string();
+    let auth = format!("Bearer {}", d.tokens[0]);
+    let pid = d.pid();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let logins = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        for _ in 0..conns {
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            tcp.set_nodelay(true)?;
+            let (mut tx, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let (logins, stop, failure) = (logins.clone(), stop.clone(), failure.clone());
+            let (open, data, authority, auth) =
+                (open.clone(), data.clone(), authority.clone(), auth.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = saturating_login(&mut tx, &authority, &auth, &open, &data).await
+                    {
+                        if let Ok(mut f) = failure.lock() {
+                            f.get_or_insert(format!("{e:#}"));
+                        }
+                        return;
+                    }
+                    logins.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (n0, cpu0, t0) = (
+            logins.load(Ordering::Relaxed),
+            proc_ticks(&pid)?,
+            Instant::now(),
+        );
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        let (n1, cpu1, wall_s) = (
+            logins.load(Ordering::Relaxed),
+            proc_ticks(&pid)?,
+            t0.elapsed().as_secs_f64(),
+        );
+        stop.store(true, Ordering::Relaxed);
+        if let Some(e) = failure.lock().map_err(|_| anyhow!("poisoned"))?.take() {
+            bail!("saturating HTTP load: {e}");
+        }
+        anyhow::Ok(Saturated {
+            connections: conns,
+            logins: n1 - n0,
+            wall_s,
+            server_cpu_s: (cpu1 - cpu0) as f64 / tck,
+            raw_us: 0.0,
+        })
+    })
 }
 
 fn run_all(a: &AllArgs) -> anyhow::Result<()> {
@@ -1707,12 +1834,32 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
         } else {
             floor_phases(true)?
         };
+        let http_saturated = if a.no_http_floor || a.saturate_connections == 0 {
+            None
+        } else {
+            let mut f = start_floor(a, &dir, run, users, true)?;
+            quiet()?;
+            let before = probe()?;
+            let mut sat = http_saturated(&f, a.saturate_connections, a.phase_secs.min(5.0), tck)?;
+            sat.raw_us = (before + probe()?) / 2.0;
+            f.stop();
+            eprintln!(
+                "[run {run}] HTTP only, saturated ({} connections, async client): {} logins in {:.2} s, {:.1} µs of server CPU per login, server CPU {:.0}%",
+                sat.connections,
+                sat.logins,
+                sat.wall_s,
+                sat.us_per_login(),
+                100.0 * sat.server_cpu_s / sat.wall_s
+            );
+            Some(sat)
+        };
         runs.push(RunResult {
             run,
             raw,
             path,
             floor,
             http,
+            http_saturated,
         });
     }
     set_affinity(me, &both)?;
@@ -1816,6 +1963,25 @@ fn rows(r: &RunResult) -> Vec<Row> {
                 p.other_load_server_cpu(),
                 p.other_load_client_cpu()
             ),
+        });
+    }
+    if let Some(sat) = &r.http_saturated {
+        let rate = 1e6 / sat.us_per_login();
+        out.push(Row {
+            what: format!(
+                "HTTP only, saturated by an async client ({} connections)",
+                sat.connections
+            ),
+            per_core: rate,
+            pct_raw: 100.0 * rate * sat.raw_us / 1e6,
+            busy_rate: None,
+            wall_rate: Some(sat.logins as f64 / sat.wall_s),
+            p50_ms: None,
+            p99_ms: None,
+            batch: None,
+            server_cpu_pct: 100.0 * sat.server_cpu_s / sat.wall_s,
+            client_cpu_pct: None,
+            other_load: "–".into(),
         });
     }
     out
@@ -1983,10 +2149,12 @@ fn ceiling(runs: &[RunResult]) -> String {
          at its largest batch (OPAQUE, HPKE, records, tree, sessions; no I/O) minus the raw run it was measured with \
          (same process, same minute). A = raw / (raw + accept + HTTP): only the mandated parts. \
          B = raw / (raw + core extra + HTTP): plus the core's own work, still without store, fsync, tokens or \
-         hand-off. Floor and whole path at the same C for comparison:\n\n",
+         hand-off. HTTP sat. = the HTTP-only server saturated by an async client (many requests per \
+         wake-up, the least HTTP costs here) and A' = raw / (raw + accept + HTTP sat.). Floor and whole path \
+         at the same C for comparison:\n\n",
     );
-    s.push_str("| run | C | HTTP µs | raw µs | accept µs | A: % of raw | core extra µs | B: % of raw | floor % of raw | whole path % of raw |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| run | C | HTTP µs | raw µs | accept µs | A: % of raw | core extra µs | B: % of raw | HTTP sat. µs | A': % of raw | floor % of raw | whole path % of raw |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in runs {
         let pct = |v: &[PathResult], c: usize| {
             v.iter()
@@ -2004,8 +2172,10 @@ fn ceiling(runs: &[RunResult]) -> String {
             let raw = p.raw_us(r.raw.cpu_us);
             let accept = r.raw.hpke_accept_p50_us;
             let b = extra.map(|e| 100.0 * raw / (raw + e + http));
+            let sat = r.http_saturated.as_ref().map(Saturated::us_per_login);
+            let a2 = sat.map(|h| 100.0 * raw / (raw + accept + h));
             s.push_str(&format!(
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
                 r.run,
                 p.concurrency,
                 http,
@@ -2014,6 +2184,8 @@ fn ceiling(runs: &[RunResult]) -> String {
                 100.0 * raw / (raw + accept + http),
                 opt(extra, 0),
                 opt(b, 0),
+                opt(sat, 0),
+                opt(a2, 0),
                 opt(pct(&r.floor, p.concurrency), 0),
                 opt(pct(&r.path, p.concurrency), 0),
             ));
