@@ -220,6 +220,9 @@ struct AllArgs {
     /// Skip the HTTP-only phases (the floor server answering without crypto).
     #[arg(long)]
     no_http_floor: bool,
+    /// `coffer-vault serve --engine`: `thread` or `inline`.
+    #[arg(long, default_value = "thread")]
+    engine: String,
     /// Keep-alive connections of the saturating HTTP-only measurement (an
     /// async client on the load generator's CPU; 0 skips it).
     #[arg(long, default_value_t = 128)]
@@ -1146,6 +1149,7 @@ fn start_daemon(a: &AllArgs, dir: &Path, run: usize, users: usize) -> anyhow::Re
             "--tenant-rate-per-second",
             "10000000",
         ])
+        .args(["--engine", &a.engine])
         .env("COFFER_VAULT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use coffer_vault::custody::CustodyArgs;
 use coffer_vault::ratelimit::Limits;
-use coffer_vault::realm::{self, InitOptions, ServeOptions};
+use coffer_vault::realm::{self, EngineMode, InitOptions, ServeOptions};
 use coffer_vault::tenants::{self, TenantKey};
 use coffer_vault_proto::KsfParams;
 
@@ -64,6 +64,11 @@ enum Command {
         /// Sessions one tenant may open in a burst.
         #[arg(long, default_value_t = 40000.0)]
         tenant_burst: f64,
+        /// How the trusted core runs: `thread` (its own thread beside a
+        /// multi-threaded HTTP runtime) or `inline` (one thread for HTTP and
+        /// the core, taking turns; for a single-node vault on one core).
+        #[arg(long, value_enum, default_value_t = EngineMode::Thread)]
+        engine: EngineMode,
         #[command(flatten)]
         custody: CustodyArgs,
     },
@@ -236,6 +241,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             user_burst,
             tenant_rate_per_second,
             tenant_burst,
+            engine,
             custody,
         } => {
             for (name, v) in [
@@ -248,13 +254,19 @@ fn run(args: Args) -> anyhow::Result<()> {
                     anyhow::bail!("{name} must be a positive number, got {v}");
                 }
             }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = match engine {
+                EngineMode::Thread => tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?,
+                EngineMode::Inline => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+            };
             rt.block_on(realm::serve(ServeOptions {
                 data,
                 nvram,
                 listen,
+                engine,
                 limits: Limits {
                     user_per_minute: user_rate_per_minute,
                     user_burst,

@@ -328,6 +328,28 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Where the master secret lives.
     pub custody: CustodyArgs,
+    /// How the trusted core runs.
+    pub engine: EngineMode,
+}
+
+/// How `serve` runs the trusted core (ADR 0016).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineMode {
+    /// A thread of its own, fed by a multi-threaded HTTP runtime.
+    Thread,
+    /// A task on a single-threaded runtime, taking turns with HTTP
+    /// (single-node vaults only).
+    Inline,
+}
+
+impl EngineMode {
+    /// The flag's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Thread => "thread",
+            Self::Inline => "inline",
+        }
+    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -341,6 +363,9 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     };
     let member = store.is_member()?;
     if member {
+        if o.engine == EngineMode::Inline {
+            bail!("--engine inline serves a single-node vault; a node of a replicated realm runs one event loop per group (use --engine thread)");
+        }
         return serve_member(o, desc, store, master).await;
     }
     let marker = store.marker()?;
@@ -359,7 +384,10 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     log_start(None, &state);
     let records = store.record_count()?;
     let metrics = Arc::new(Metrics::default());
-    let engine = crate::engine::spawn(core, store, metrics.clone())?;
+    let engine = match o.engine {
+        EngineMode::Thread => crate::engine::spawn(core, store, metrics.clone())?,
+        EngineMode::Inline => crate::engine::spawn_inline(core, store, metrics.clone()),
+    };
     let state = Arc::new(AppState {
         engines: vec![engine],
         peers: Vec::new(),
@@ -486,6 +514,7 @@ async fn listen_and_serve(
         records,
         tenants = state.tenants.len(),
         custody = %custody::describe(&o.custody),
+        engine = %o.engine.name(),
         "coffer-vault serving"
     );
     axum::serve(listener, router(state))

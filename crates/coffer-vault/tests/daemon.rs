@@ -61,13 +61,40 @@ fn register_login_wrong_password_and_token_checks() {
     assert!(!store.windows(9).any(|w| w == b"+15550100"));
 }
 
+/// Serve flags that keep the rate limits out of the way, plus `extra`.
+fn unlimited(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut args = vec!["--user-burst", "1000", "--user-rate-per-minute", "100000"];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn two_hundred_concurrent_wrong_logins_get_at_most_ten_evaluations() {
-    let v = Vault::new(
-        &[],
-        &["--user-burst", "1000", "--user-rate-per-minute", "100000"],
-        &[],
+    concurrent_wrong_logins(&[]);
+}
+
+/// The single-threaded engine (`--engine inline`, HTTP and the core taking
+/// turns on one thread) under the same tests as the default one.
+#[test]
+fn the_inline_engine_keeps_the_guess_limit_under_concurrency_and_sigkill() {
+    let v = Vault::new(&[], &["--engine", "inline"], &[]);
+    // The start-up line names the engine (the realm id is hex; nothing else
+    // in it says "inline").
+    assert!(v.log_text().contains("inline"), "{}", v.log_text());
+    let alice = v.client("chat", "alice");
+    assert_eq!(alice.register(b"hunter2", &K, 10), Outcome::Ok(None));
+    assert_eq!(alice.login(b"hunter2").outcome, Outcome::Ok(Some(K)));
+    assert_eq!(
+        alice.login(b"hunter3").outcome,
+        Outcome::Refused(ErrorCode::WrongPassword, Some(9))
     );
+    drop(v);
+    concurrent_wrong_logins(&["--engine", "inline"]);
+    sigkill_rounds(&["--engine", "inline"], 10);
+}
+
+fn concurrent_wrong_logins(extra: &[&'static str]) {
+    let v = Vault::new(&[], &unlimited(extra), &[]);
     let c = v.client("chat", "bob");
     assert_eq!(c.register(b"right", &K, 10), Outcome::Ok(None));
     let barrier = Arc::new(Barrier::new(200));
@@ -128,11 +155,11 @@ fn two_hundred_concurrent_wrong_logins_get_at_most_ten_evaluations() {
 
 #[test]
 fn sigkill_at_random_points_during_logins_never_yields_an_extra_guess() {
-    let mut v = Vault::new(
-        &[],
-        &["--user-burst", "1000", "--user-rate-per-minute", "100000"],
-        &[],
-    );
+    sigkill_rounds(&[], 25);
+}
+
+fn sigkill_rounds(extra: &[&'static str], rounds: usize) {
+    let mut v = Vault::new(&[], &unlimited(extra), &[]);
     let mut seed: u64 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -145,7 +172,6 @@ fn sigkill_at_random_points_during_logins_never_yields_an_extra_guess() {
         seed ^= seed << 17;
         seed
     };
-    let rounds = 25;
     let mut evaluations = Vec::new();
     for round in 0..rounds {
         // Fresh users each round, logging in with wrong passwords in parallel

@@ -439,6 +439,40 @@ fn wrong_login_left(c: &RealmClient) -> Option<u8> {
     left
 }
 
+/// `--engine inline` is for a single-node vault: a realm node refuses it
+/// with a clear error instead of starting without its event loops.
+#[test]
+fn a_realm_node_refuses_the_inline_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("realm");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["realm", "new", "--out"]).arg(&out).args([
+        "--ksf-memory-kib",
+        "19456",
+        "--ksf-iterations",
+        "1",
+    ]);
+    for _ in 0..3 {
+        cmd.args(["--node", &format!("http://127.0.0.1:{}", free_port())]);
+    }
+    run_ok(&mut cmd);
+    let node = out.join("node-1");
+    let o = Command::new(BIN)
+        .args(["serve", "--engine", "inline", "--data"])
+        .arg(&node)
+        .arg("--nvram")
+        .arg(node.join("nvram"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("--engine inline serves a single-node vault"),
+        "{err}"
+    );
+}
+
 #[test]
 fn three_nodes_survive_a_leader_kill_then_stop_without_a_majority() {
     let mut realm = Realm::new(3);
