@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,23 @@ struct Realm {
     realm: RealmDescriptor,
 }
 
+/// `coffer-vault realm new` into `out`: a node per port on loopback, the
+/// smallest Argon2id clients accept.
+fn realm_new(out: &Path, ports: &[u16], groups: u8) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["realm", "new", "--out"]).arg(out).args([
+        "--ksf-memory-kib",
+        "19456",
+        "--ksf-iterations",
+        "1",
+    ]);
+    cmd.args(["--groups", &groups.to_string()]);
+    for p in ports {
+        cmd.args(["--node", &format!("http://127.0.0.1:{p}")]);
+    }
+    run_ok(&mut cmd);
+}
+
 impl Realm {
     fn new(n: usize) -> Self {
         Self::with_groups(n, 1)
@@ -43,18 +60,7 @@ impl Realm {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("realm");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["realm", "new", "--out"]).arg(&out).args([
-            "--ksf-memory-kib",
-            "19456",
-            "--ksf-iterations",
-            "1",
-        ]);
-        cmd.args(["--groups", &groups.to_string()]);
-        for p in &ports {
-            cmd.args(["--node", &format!("http://127.0.0.1:{p}")]);
-        }
-        run_ok(&mut cmd);
+        realm_new(&out, &ports, groups);
         let realm =
             RealmDescriptor::from_json(&std::fs::read_to_string(out.join("realm.json")).unwrap())
                 .unwrap();
@@ -445,17 +451,7 @@ fn wrong_login_left(c: &RealmClient) -> Option<u8> {
 fn a_realm_node_refuses_the_inline_engine() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("realm");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["realm", "new", "--out"]).arg(&out).args([
-        "--ksf-memory-kib",
-        "19456",
-        "--ksf-iterations",
-        "1",
-    ]);
-    for _ in 0..3 {
-        cmd.args(["--node", &format!("http://127.0.0.1:{}", free_port())]);
-    }
-    run_ok(&mut cmd);
+    realm_new(&out, &[free_port(), free_port(), free_port()], 1);
     let node = out.join("node-1");
     let o = Command::new(BIN)
         .args(["serve", "--engine", "inline", "--data"])
