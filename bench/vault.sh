@@ -11,6 +11,7 @@
 #   bench/vault.sh --phase-logins 3000  # extra arguments go to `loginbench all`
 #   bench/vault.sh --no-floor           # without the floor server's phases
 #   bench/vault.sh --no-http-floor      # without the HTTP-only phases (the floor server, no crypto)
+#   bench/vault.sh --engine inline      # the daemon with `serve --engine inline` (ADR 0016)
 #
 # Knobs (environment): RUNS (3), PERF (1: profile the server with `perf record` in the last run, if
 # perf is installed), BUILD (1: cargo build --release first), SERVER_CPU (0), CLIENT_CPU (1),
