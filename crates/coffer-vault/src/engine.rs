@@ -60,7 +60,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    publish_start(&core, &metrics);
+    publish(&core, &metrics);
     std::thread::Builder::new()
         .name("vault-core".into())
         .spawn(move || run(core, store, rx, metrics))?;
@@ -76,7 +76,7 @@ pub fn spawn_inline(
     metrics: Arc<Metrics>,
 ) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel(QUEUE);
-    publish_start(&core, &metrics);
+    publish(&core, &metrics);
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             // tokio 1.x wakes a yielded task only after it has run out of
@@ -91,13 +91,21 @@ pub fn spawn_inline(
     tx
 }
 
-fn publish_start(core: &Core<FilePlatform>, metrics: &Metrics) {
-    if let Ok(mut r) = metrics.refusing.lock() {
-        *r = core.refusing().map(str::to_string);
-    }
+/// Publishes the core's state for `/metrics` and `/healthz`: whether it
+/// refuses, its NVRAM generation, open sessions and counters.
+fn publish(core: &Core<FilePlatform>, metrics: &Metrics) {
+    metrics
+        .sessions
+        .store(core.sessions() as u64, Ordering::Relaxed);
     metrics
         .generation
         .store(core.anchor().generation, Ordering::Relaxed);
+    if let Ok(mut s) = metrics.core.lock() {
+        *s = core.stats();
+    }
+    if let Ok(mut r) = metrics.refusing.lock() {
+        *r = core.refusing().map(str::to_string);
+    }
 }
 
 /// `first` and whatever else is queued, up to [`MAX_BATCH`].
@@ -175,9 +183,7 @@ fn run_batch(core: &mut Core<FilePlatform>, store: &Store, jobs: Vec<Job>, metri
         if let Err(e) = store.commit(&writes) {
             tracing::error!(error = %e, "store commit failed; the core refuses until restarted");
             core.abort(&e.to_string());
-            if let Ok(mut r) = metrics.refusing.lock() {
-                *r = core.refusing().map(str::to_string);
-            }
+            publish(core, metrics);
             fail_all(senders, CoreError::Refusing(e.to_string()));
             return;
         }
@@ -194,18 +200,7 @@ fn run_batch(core: &mut Core<FilePlatform>, store: &Store, jobs: Vec<Job>, metri
         (t0.elapsed().as_micros() as u64).saturating_sub(store_us),
         Ordering::Relaxed,
     );
-    metrics
-        .sessions
-        .store(core.sessions() as u64, Ordering::Relaxed);
-    metrics
-        .generation
-        .store(core.anchor().generation, Ordering::Relaxed);
-    if let Ok(mut s) = metrics.core.lock() {
-        *s = core.stats();
-    }
-    if let Ok(mut r) = metrics.refusing.lock() {
-        *r = core.refusing().map(str::to_string);
-    }
+    publish(core, metrics);
     // Replies leave after the metrics are published, so a client that
     // reads /metrics after its answer sees the batch that made it.
     match committed {

@@ -254,14 +254,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     anyhow::bail!("{name} must be a positive number, got {v}");
                 }
             }
-            let rt = match engine {
-                EngineMode::Thread => tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?,
-                EngineMode::Inline => tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?,
-            };
+            let rt = engine.runtime()?;
             rt.block_on(realm::serve(ServeOptions {
                 data,
                 nvram,

@@ -343,11 +343,26 @@ pub enum EngineMode {
 }
 
 impl EngineMode {
-    /// The flag's value.
-    pub fn name(self) -> &'static str {
+    /// The tokio runtime this mode needs: multi-threaded beside the engine
+    /// thread; single-threaded for `inline`, whose batches hold the thread
+    /// they run on.
+    pub fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
         match self {
-            Self::Thread => "thread",
-            Self::Inline => "inline",
+            Self::Thread => tokio::runtime::Builder::new_multi_thread(),
+            Self::Inline => tokio::runtime::Builder::new_current_thread(),
+        }
+        .enable_all()
+        .build()
+    }
+}
+
+/// The flag's value, as clap spells it.
+impl std::fmt::Display for EngineMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => Ok(()),
         }
     }
 }
@@ -514,7 +529,7 @@ async fn listen_and_serve(
         records,
         tenants = state.tenants.len(),
         custody = %custody::describe(&o.custody),
-        engine = %o.engine.name(),
+        engine = %o.engine,
         "coffer-vault serving"
     );
     axum::serve(listener, router(state))

@@ -16,6 +16,10 @@ const K: [u8; 32] = [0x6b; 32];
 #[test]
 fn register_login_wrong_password_and_token_checks() {
     let v = Vault::new(&[], &[], &[]);
+    // The default engine is a thread of its own (the inline test checks
+    // the opposite).
+    let threads = v.thread_names();
+    assert!(threads.iter().any(|t| t == "vault-core"), "{threads:?}");
     let alice = v.client("chat", "+15550100");
     assert_eq!(alice.register(b"hunter2", &K, 10), Outcome::Ok(None));
     assert_eq!(alice.login(b"hunter2").outcome, Outcome::Ok(Some(K)));
@@ -81,6 +85,9 @@ fn the_inline_engine_keeps_the_guess_limit_under_concurrency_and_sigkill() {
     // The start-up line names the engine (the realm id is hex; nothing else
     // in it says "inline").
     assert!(v.log_text().contains("inline"), "{}", v.log_text());
+    // And no engine thread runs beside the runtime's one.
+    let threads = v.thread_names();
+    assert!(!threads.iter().any(|t| t == "vault-core"), "{threads:?}");
     let alice = v.client("chat", "alice");
     assert_eq!(alice.register(b"hunter2", &K, 10), Outcome::Ok(None));
     assert_eq!(alice.login(b"hunter2").outcome, Outcome::Ok(Some(K)));
