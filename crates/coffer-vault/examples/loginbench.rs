@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
@@ -58,6 +58,7 @@ use clap::{Parser, Subcommand};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 
+use coffer_vault::realm::EngineMode;
 use coffer_vault_core::merkle::bucket_of;
 use coffer_vault_core::{
     Bucket, Core, CoreError, Input, Platform, PlatformError, RealmConfig, RecordId, StoreWrites,
@@ -220,9 +221,9 @@ struct AllArgs {
     /// Skip the HTTP-only phases (the floor server answering without crypto).
     #[arg(long)]
     no_http_floor: bool,
-    /// `coffer-vault serve --engine`: `thread` or `inline`.
-    #[arg(long, default_value = "thread")]
-    engine: String,
+    /// `coffer-vault serve --engine`.
+    #[arg(long, value_enum, default_value_t = EngineMode::Thread)]
+    engine: EngineMode,
     /// Keep-alive connections of the saturating HTTP-only measurement (an
     /// async client on the load generator's CPU; 0 skips it).
     #[arg(long, default_value_t = 128)]
@@ -1149,7 +1150,7 @@ fn start_daemon(a: &AllArgs, dir: &Path, run: usize, users: usize) -> anyhow::Re
             "--tenant-rate-per-second",
             "10000000",
         ])
-        .args(["--engine", &a.engine])
+        .args(["--engine", &a.engine.to_string()])
         .env("COFFER_VAULT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -1249,6 +1250,10 @@ impl PathResult {
     }
     fn per_core(&self) -> f64 {
         self.logins as f64 / self.server_cpu_s
+    }
+    /// Server CPU µs per login.
+    fn cpu_us_per_login(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.logins.max(1) as f64
     }
     fn wall_rate(&self) -> f64 {
         self.logins as f64 / self.wall_s
@@ -1544,7 +1549,6 @@ fn http_saturated(d: &Daemon, conns: usize, secs: f64, tck: f64) -> anyhow::Resu
     use coffer_vault_proto::channel::DATA_FRAME_LEN;
     use hyper::body::Bytes;
     use std::sync::atomic::{AtomicBool, AtomicU64};
-    use std::sync::Arc;
 
     let (_, req) = Login::start(&mut OsRng, b"wrong password")?;
     let (_, open) = ClientChannel::open(&d.realm, &req, now_ms(), &mut OsRng)?;
@@ -1783,7 +1787,7 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
             let us = path
                 .iter()
                 .find(|q| q.concurrency == c)
-                .map(|q| q.server_cpu_s * 1e6 / q.logins.max(1) as f64)
+                .map(PathResult::cpu_us_per_login)
                 .unwrap_or(0.0);
             let script = Command::new("perf")
                 .args(["script", "-F", "tid,period,ip,sym", "-i"])
@@ -1798,64 +1802,64 @@ fn run_all(a: &AllArgs) -> anyhow::Result<()> {
             );
         }
         d.stop();
-        // The floor server, and the same server answering without crypto.
-        let floor_phases = |http_only: bool| -> anyhow::Result<Vec<PathResult>> {
-            let name = if http_only { "HTTP only" } else { "floor" };
-            let mut f = start_floor(a, &dir, run, users, http_only)?;
-            let w = path_phase(&f, 8, 0, warmup, 30.0, tck, cpus, None)?;
-            ensure!(w.errors == 0, "{name} warm-up errors: {:?}", w.first_error);
-            let mut out = Vec::new();
-            for &c in &a.concurrency {
-                quiet()?;
-                let p = probed(&mut || {
-                    path_phase(&f, c, 0, a.phase_logins, a.phase_secs, tck, cpus, None)
-                })?;
-                eprintln!(
+        // The floor server, and the same server answering without crypto
+        // (its phases, then saturated by the async client).
+        let floor_phases =
+            |http_only: bool| -> anyhow::Result<(Vec<PathResult>, Option<Saturated>)> {
+                let name = if http_only { "HTTP only" } else { "floor" };
+                let mut f = start_floor(a, &dir, run, users, http_only)?;
+                let w = path_phase(&f, 8, 0, warmup, 30.0, tck, cpus, None)?;
+                ensure!(w.errors == 0, "{name} warm-up errors: {:?}", w.first_error);
+                let mut out = Vec::new();
+                for &c in &a.concurrency {
+                    quiet()?;
+                    let p = probed(&mut || {
+                        path_phase(&f, c, 0, a.phase_logins, a.phase_secs, tck, cpus, None)
+                    })?;
+                    eprintln!(
                     "[run {run}] {name} C={c}: {} logins in {:.2} s, {:.0} logins/s/core ({:.0}% of raw), {:.0} µs of server CPU per login, p50 {:.2} ms, errors {}",
                     p.logins,
                     p.wall_s,
                     p.per_core(),
                     100.0 * p.per_core() * p.raw_us(raw.cpu_us) / 1e6,
-                    p.server_cpu_s * 1e6 / p.logins.max(1) as f64,
+                    p.cpu_us_per_login(),
                     p.p50_ms,
                     p.errors
                 );
-                if let Some(e) = &p.first_error {
-                    eprintln!("[run {run}]   first error: {e}");
+                    if let Some(e) = &p.first_error {
+                        eprintln!("[run {run}]   first error: {e}");
+                    }
+                    out.push(p);
                 }
-                out.push(p);
-            }
-            f.stop();
-            Ok(out)
-        };
-        let floor = if a.no_floor {
-            Vec::new()
+                let mut sat = None;
+                if http_only && a.saturate_connections > 0 {
+                    quiet()?;
+                    let before = probe()?;
+                    let mut s =
+                        http_saturated(&f, a.saturate_connections, a.phase_secs.min(5.0), tck)?;
+                    s.raw_us = (before + probe()?) / 2.0;
+                    eprintln!(
+                    "[run {run}] HTTP only, saturated ({} connections, async client): {} logins in {:.2} s, {:.1} µs of server CPU per login, server CPU {:.0}%",
+                    s.connections,
+                    s.logins,
+                    s.wall_s,
+                    s.us_per_login(),
+                    100.0 * s.server_cpu_s / s.wall_s
+                );
+                    sat = Some(s);
+                }
+                f.stop();
+                Ok((out, sat))
+            };
+        let (floor, _) = if a.no_floor {
+            (Vec::new(), None)
         } else {
             floor_phases(false)?
         };
-        let http = if a.no_http_floor {
-            Vec::new()
+        let (http, http_saturated) = if a.no_http_floor {
+            (Vec::new(), None)
         } else {
             floor_phases(true)?
-        };
-        let http_saturated = if a.no_http_floor || a.saturate_connections == 0 {
-            None
-        } else {
-            let mut f = start_floor(a, &dir, run, users, true)?;
-            quiet()?;
-            let before = probe()?;
-            let mut sat = http_saturated(&f, a.saturate_connections, a.phase_secs.min(5.0), tck)?;
-            sat.raw_us = (before + probe()?) / 2.0;
-            f.stop();
-            eprintln!(
-                "[run {run}] HTTP only, saturated ({} connections, async client): {} logins in {:.2} s, {:.1} µs of server CPU per login, server CPU {:.0}%",
-                sat.connections,
-                sat.logins,
-                sat.wall_s,
-                sat.us_per_login(),
-                100.0 * sat.server_cpu_s / sat.wall_s
-            );
-            Some(sat)
         };
         runs.push(RunResult {
             run,
@@ -2106,7 +2110,7 @@ fn render(runs: &[RunResult]) -> String {
         s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
         for r in runs {
             for p in &r.floor {
-                let us = p.server_cpu_s * 1e6 / p.logins.max(1) as f64;
+                let us = p.cpu_us_per_login();
                 s.push_str(&format!(
                     "| {} | {} | {} | {} | {:.0} | {} | {:.0} |\n",
                     r.run,
@@ -2172,7 +2176,7 @@ fn ceiling(runs: &[RunResult]) -> String {
             .max_by_key(|c| c.batch)
             .map(|c| c.us_per_login - r.raw.cpu_us);
         for p in &r.http {
-            let http = p.server_cpu_s * 1e6 / p.logins.max(1) as f64;
+            let http = p.cpu_us_per_login();
             let raw = p.raw_us(r.raw.cpu_us);
             let accept = r.raw.hpke_accept_p50_us;
             let b = extra.map(|e| 100.0 * raw / (raw + e + http));
@@ -2223,7 +2227,15 @@ struct Floor {
     >,
 }
 
-impl Floor {
+/// What a floor server answers to a login's two requests.
+trait Answers: Send + Sync + 'static {
+    /// `POST /v1/open`: an open frame in, the KE2 reply out.
+    fn open(&self, frame: &[u8]) -> anyhow::Result<Vec<u8>>;
+    /// `POST /v1/send`: a data frame (KE3) in, the refusal out.
+    fn send(&self, frame: &[u8]) -> anyhow::Result<Vec<u8>>;
+}
+
+impl Answers for Floor {
     fn open(&self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
         let acc = coffer_vault_proto::ServerChannel::accept(&self.key, &self.realm_id, frame)?;
         let (req, _) = Request::decode(&acc.request)?;
@@ -2311,6 +2323,45 @@ struct Recorded {
     send: Vec<u8>,
 }
 
+impl Answers for Recorded {
+    fn open(&self, _frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        Ok(self.open.clone())
+    }
+    fn send(&self, _frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        Ok(self.send.clone())
+    }
+}
+
+/// The floor server's axum app, answering with `answers`: the routes and
+/// body limit of the daemon's API.
+fn floor_app<A: Answers>(answers: Arc<A>) -> axum::Router {
+    use axum::extract::{DefaultBodyLimit, State};
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route(
+            "/v1/open",
+            post(
+                |State(a): State<Arc<A>>, body: axum::body::Bytes| async move {
+                    floor_reply(a.open(&body))
+                },
+            ),
+        )
+        .route(
+            "/v1/send",
+            post(
+                |State(a): State<Arc<A>>, body: axum::body::Bytes| async move {
+                    floor_reply(a.send(&body))
+                },
+            ),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|| async { "" }))
+        .layer(DefaultBodyLimit::max(
+            coffer_vault_proto::channel::MAX_FRAME_LEN,
+        ))
+        .with_state(answers)
+}
+
 impl Recorded {
     /// One real login through `floor`, keeping the two reply frames.
     fn record(floor: &Floor, realm: &RealmDescriptor) -> anyhow::Result<Self> {
@@ -2333,10 +2384,6 @@ impl Recorded {
 }
 
 fn floor_serve(port: u16, realm_out: &Path, http_only: bool) -> anyhow::Result<()> {
-    use axum::extract::{DefaultBodyLimit, State};
-    use axum::routing::{get, post};
-    use std::sync::Arc;
-
     let mut realm_id = [0u8; 16];
     OsRng.fill_bytes(&mut realm_id);
     let mut ikm = [0u8; 32];
@@ -2360,56 +2407,13 @@ fn floor_serve(port: u16, realm_out: &Path, http_only: bool) -> anyhow::Result<(
         user,
         sessions: Mutex::new(HashMap::new()),
     });
-    let recorded = if http_only {
-        Some(Arc::new(Recorded::record(&floor, &realm)?))
+    // The same app and runtime either way; `--http-only` answers with the
+    // replies of one real login, recorded here.
+    let app = if http_only {
+        floor_app(Arc::new(Recorded::record(&floor, &realm)?))
     } else {
-        None
+        floor_app(floor)
     };
-    let app = match recorded {
-        // The same routes, body limit and runtime; the handlers take the
-        // body and answer with recorded bytes.
-        Some(rec) => axum::Router::new()
-            .route(
-                "/v1/open",
-                post(
-                    |State(r): State<Arc<Recorded>>, _body: axum::body::Bytes| async move {
-                        floor_reply(Ok(r.open.clone()))
-                    },
-                ),
-            )
-            .route(
-                "/v1/send",
-                post(
-                    |State(r): State<Arc<Recorded>>, _body: axum::body::Bytes| async move {
-                        floor_reply(Ok(r.send.clone()))
-                    },
-                ),
-            )
-            .with_state(rec),
-        None => axum::Router::new()
-            .route(
-                "/v1/open",
-                post(
-                    |State(f): State<Arc<Floor>>, body: axum::body::Bytes| async move {
-                        floor_reply(f.open(&body))
-                    },
-                ),
-            )
-            .route(
-                "/v1/send",
-                post(
-                    |State(f): State<Arc<Floor>>, body: axum::body::Bytes| async move {
-                        floor_reply(f.send(&body))
-                    },
-                ),
-            )
-            .with_state(floor),
-    }
-    .route("/healthz", get(|| async { "ok" }))
-    .route("/metrics", get(|| async { "" }))
-    .layer(DefaultBodyLimit::max(
-        coffer_vault_proto::channel::MAX_FRAME_LEN,
-    ));
     // The same runtime as `coffer-vault serve` (FLOOR_RUNTIME=current: a
     // single-threaded one, to see what the runtime costs).
     let rt = if std::env::var("FLOOR_RUNTIME").as_deref() == Ok("current") {
