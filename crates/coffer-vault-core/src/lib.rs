@@ -761,10 +761,14 @@ impl<P: Platform> Core<P> {
             return Err(ErrorCode::PolicyRejected);
         }
         let authenticated = matches!(phase, Phase::Authenticated);
-        if !authenticated
-            && !replace
-            && matches!(self.load(bb, &session.record)?, Some(Record::Live { .. }))
-        {
+        // Overwriting a live registration destroys the escrowed K, so it
+        // needs the same proof as Delete: a correct login in this session
+        // (DESIGN.md §6). A token alone may only register where nothing
+        // live is.
+        if !authenticated && replace {
+            return Err(ErrorCode::NotAuthenticated);
+        }
+        if !authenticated && matches!(self.load(bb, &session.record)?, Some(Record::Live { .. })) {
             return Err(ErrorCode::AlreadyRegistered);
         }
         let request = RegistrationRequest::<CofferSuite>::deserialize(request)

@@ -423,6 +423,17 @@ impl TestClient {
         })
     }
 
+    /// Sends `req` in an open session `ch` and returns the answer: for tests
+    /// that send messages a real client would not.
+    pub fn request_in(
+        &mut self,
+        vault: &mut impl Vault,
+        ch: &mut coffer_vault_proto::ClientChannel,
+        req: &coffer_vault_proto::Request,
+    ) -> Result<coffer_vault_proto::Response, String> {
+        self.send(vault, ch, req)
+    }
+
     /// After a successful `login_keep`: re-register `k` under a new password in the same session.
     pub fn change_password(
         &mut self,

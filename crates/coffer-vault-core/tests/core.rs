@@ -129,23 +129,46 @@ fn registration_policy_and_replace() {
         c.register(&mut v, rid, b"q", &[1; 32], 10, false).unwrap(),
         Outcome::Refused(ErrorCode::AlreadyRegistered, None)
     );
-    assert_eq!(c.login(&mut v, rid, b"p").unwrap(), Outcome::Ok(Some(K)));
+    // Replacing a live registration destroys the escrowed K: a token alone
+    // may not (DESIGN.md §6, like Delete), and the record is untouched.
     assert_eq!(
         c.register(&mut v, rid, b"q", &[1; 32], 10, true).unwrap(),
+        Outcome::Refused(ErrorCode::NotAuthenticated, None)
+    );
+    assert_eq!(c.login(&mut v, rid, b"p").unwrap(), Outcome::Ok(Some(K)));
+    // After a correct login in the same session it may.
+    let (_, ch) = c.login_keep(&mut v, rid, b"p").unwrap();
+    let (mut ch, _) = ch.unwrap();
+    assert_eq!(
+        c.change_password(&mut v, &mut ch, b"q", &[1; 32]).unwrap(),
         Outcome::Ok(None)
     );
     assert_eq!(
         c.login(&mut v, rid, b"q").unwrap(),
         Outcome::Ok(Some([1; 32]))
     );
+    // `replace` without a login is refused even where nothing is live: a
+    // plain registration is the way there.
+    let (mut v, mut c, rid) = setup();
+    assert_eq!(
+        c.register(&mut v, rid, b"p", &K, 10, true).unwrap(),
+        Outcome::Refused(ErrorCode::NotAuthenticated, None)
+    );
+    assert_eq!(
+        c.register(&mut v, rid, b"p", &K, 10, false).unwrap(),
+        Outcome::Ok(None)
+    );
 }
 
 /// A `RegisterStart` spends no attempt, so it must never evaluate the OPRF
 /// under the key a live record's logins use: with one KE2 in hand, such an
-/// evaluation per guess would test passwords offline, without limit. Each
-/// registration has its own salt in the credential identifier, so its OPRF
-/// key is new. Shown on the wire: the same blinded element evaluated by a
-/// replacing RegisterStart and by a LoginStart gives different elements.
+/// evaluation per guess would test passwords offline, without limit.
+/// Without a login, a RegisterStart for a live record is refused before any
+/// evaluation (`replace` needs the login, a plain one finds the record). In
+/// a logged-in session (change of password) the registration has its own
+/// salt in the credential identifier, so its OPRF key is new. Shown on the
+/// wire: the same blinded element evaluated by that RegisterStart and by a
+/// LoginStart gives different elements.
 #[test]
 fn register_start_is_no_oprf_oracle_for_the_live_record() {
     use coffer_vault_proto::{Request, Response};
@@ -160,13 +183,24 @@ fn register_start_is_no_oprf_oracle_for_the_live_record() {
     // the blinded element alone.
     let mut blinded = [0u8; 32];
     blinded.copy_from_slice(&ke1[..32]);
+    let start = |replace| Request::RegisterStart {
+        replace,
+        max_attempts: 10,
+        request: blinded,
+    };
+    for (replace, want) in [
+        (true, ErrorCode::NotAuthenticated),
+        (false, ErrorCode::AlreadyRegistered),
+    ] {
+        match c.request(&mut v, rid, &start(replace)).unwrap() {
+            Response::Error { code, .. } => assert_eq!(code, want, "replace = {replace}"),
+            other => panic!("RegisterStart without a login answered {other:?}"),
+        }
+    }
     let register_eval = |v: &mut MemRealm, c: &mut TestClient| {
-        let start = Request::RegisterStart {
-            replace: true,
-            max_attempts: 10,
-            request: blinded,
-        };
-        match c.request(v, rid, &start).unwrap() {
+        let (_, ch) = c.login_keep(v, rid, b"correct horse").unwrap();
+        let (mut ch, _) = ch.unwrap();
+        match c.request_in(v, &mut ch, &start(false)).unwrap() {
             Response::RegisterStarted { response } => response[..32].to_vec(),
             other => panic!("RegisterStart answered {other:?}"),
         }
@@ -191,14 +225,15 @@ fn register_start_is_no_oprf_oracle_for_the_live_record() {
         "RegisterStart evaluated under the login OPRF key"
     );
     assert_ne!(first, second, "two registrations share an OPRF key");
-    // The abandoned registrations changed nothing: the password still works
-    // and only the login spent an attempt (now reset by the correct one).
+    // The abandoned registrations changed nothing: the password still works.
     assert_eq!(
         c.login(&mut v, rid, b"correct horse").unwrap(),
         Outcome::Ok(Some(K))
     );
     // And a completed replacement logs in under its own salt.
-    c.register(&mut v, rid, b"battery staple", &[7; 32], 10, true)
+    let (_, ch) = c.login_keep(&mut v, rid, b"correct horse").unwrap();
+    let (mut ch, _) = ch.unwrap();
+    c.change_password(&mut v, &mut ch, b"battery staple", &[7; 32])
         .unwrap();
     assert_eq!(
         c.login(&mut v, rid, b"battery staple").unwrap(),
@@ -532,9 +567,10 @@ fn replacing_or_changing_a_registration_keeps_the_other_users_of_its_bucket() {
     let (alice, bob) = same_bucket_pair(&v);
     c.register(&mut v, alice, b"a", &K, 10, false).unwrap();
     c.register(&mut v, bob, b"b", &[2; 32], 10, false).unwrap();
+    let (_, ch) = c.login_keep(&mut v, alice, b"a").unwrap();
+    let (mut ch, _) = ch.unwrap();
     assert_eq!(
-        c.register(&mut v, alice, b"a2", &[3; 32], 10, true)
-            .unwrap(),
+        c.change_password(&mut v, &mut ch, b"a2", &[3; 32]).unwrap(),
         Outcome::Ok(None)
     );
     assert_eq!(

@@ -792,7 +792,22 @@ fn seeded_random_batches_replay_to_the_same_root() {
                     let n = 1 + (rng.next_u32() % 4) as u8;
                     let replace = rng.next_u32() % 2 == 0;
                     let (c, v) = (&mut p.client, &mut p.leader);
-                    if c.register(v, r, &pw(&r), &K, n, replace).unwrap() == Outcome::Ok(None) {
+                    let outcome = if replace {
+                        // Replacing needs a login in the session; where
+                        // there is nothing to log in to, a plain register.
+                        match c.login_keep(v, r, &pw(&r)).unwrap() {
+                            (Outcome::Ok(_), Some((mut ch, _))) => {
+                                c.change_password(v, &mut ch, &pw(&r), &K).unwrap()
+                            }
+                            (Outcome::Refused(ErrorCode::NotRegistered, _), _) => {
+                                c.register(v, r, &pw(&r), &K, n, false).unwrap()
+                            }
+                            (other, _) => other,
+                        }
+                    } else {
+                        c.register(v, r, &pw(&r), &K, n, false).unwrap()
+                    };
+                    if outcome == Outcome::Ok(None) {
                         registered += 1;
                     }
                 }
