@@ -1,8 +1,12 @@
 //! AES-256-GCM (ring) with explicit, caller-chosen nonces.
 //!
-//! Coffer never draws nonces at random: every key is used for exactly one
-//! pack or one object (see [`crate::RepoKeys::pack_key`]), and within a pack
-//! the nonce is the blob's position. Uniqueness holds by construction.
+//! Packs and objects written once never draw nonces at random: their key is
+//! used for exactly one pack or one object (see
+//! [`crate::RepoKeys::pack_key`]), and within a pack the nonce is the blob's
+//! position, so uniqueness holds by construction. The two kinds of metadata
+//! object rewritten in place under one id (backup sessions, condemnation
+//! records) draw a fresh random nonce per write and store it
+//! (`coffer-repo`'s `format::object`, `docs/format.md` §7).
 
 use std::fmt;
 

@@ -200,8 +200,10 @@ impl RepoKeys {
         SealingKey::new(&key)
     }
 
-    /// The key of one metadata object (index file, snapshot): derived from its
-    /// kind and its random 256-bit id, so each object has its own key.
+    /// The key of one metadata object (index file, snapshot, session,
+    /// condemnation record): derived from its kind and its random 256-bit id,
+    /// so each object has its own key. Objects rewritten under the same id
+    /// (sessions, condemnation records) must use a fresh nonce per write.
     pub fn object_key(&self, kind: u8, object_id: &[u8; 32]) -> SealingKey {
         let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &self.meta_root[..]);
         let mut key = Zeroizing::new([0u8; KEY_LEN]);

@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::format::object;
 use crate::format::pack::pack_name;
 use crate::format::types::{encode, Condemned, IndexFile, IndexPack, NodeKind, Snapshot};
 use crate::format::Kind;
@@ -246,7 +247,7 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
             index_files: Vec::new(),
             live_sessions: before,
         };
-        repo.write_object(Kind::Condemned, "condemned/", &rid, encode(&rec))?;
+        put_record(repo, &rid, &rec)?;
         let after = live_sessions(repo, hostname)?;
         let extra: Vec<String> = after
             .into_iter()
@@ -254,7 +255,8 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
             .collect();
         if !extra.is_empty() {
             rec.live_sessions.extend(extra);
-            repo.write_object(Kind::Condemned, "condemned/", &rid, encode(&rec))?;
+            // The same id again: `put_record` seals it under a new nonce.
+            put_record(repo, &rid, &rec)?;
         }
         if rec.live_sessions.is_empty() && grace.is_zero() {
             ripe.extend(fresh.iter().copied());
@@ -310,6 +312,17 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
         .remove_stale_temporaries(std::time::Duration::from_secs(3600))?;
     repo.refresh()?;
     Ok(summary)
+}
+
+/// Seals and writes `condemned/<id>`, with a fresh nonce at every call (a
+/// record is rewritten when sessions show up after it was first written).
+/// Through [`object::try_seal`], so a failing OS random number generator is
+/// an error here, not a panic.
+fn put_record(repo: &Repository, rid: &Id, rec: &Condemned) -> Result<()> {
+    let bytes = object::try_seal(repo.keys(), Kind::Condemned, rid, encode(rec))?;
+    repo.store()
+        .put(&format!("condemned/{}", rid.to_hex()), &bytes)?;
+    Ok(())
 }
 
 fn delete_packs(
@@ -534,5 +547,42 @@ mod tests {
         assert_eq!(year_month(19_723 + 59), (2024, 2));
         assert_eq!(year_month(19_723 + 60), (2024, 3));
         assert_eq!(year_month(-1), (1969, 12));
+    }
+
+    /// Prune rewrites a record when sessions show up after writing it: the
+    /// two writes of one id must not share a nonce.
+    #[test]
+    fn a_rewritten_record_gets_a_new_nonce() {
+        use std::sync::Arc;
+
+        use coffer_crypto::BackupKey;
+        use coffer_storage::{BlobStore, MemStore};
+
+        use crate::repo::{init, InitOptions};
+
+        let store: Arc<dyn BlobStore> = Arc::new(MemStore::default());
+        let k = BackupKey::from_bytes([0x0a; 32]);
+        init(&*store, &k, &InitOptions::default()).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let repo = Repository::open(store.clone(), &k, cache.path()).unwrap();
+
+        let rid = Id([0x5a; 32]);
+        let name = format!("condemned/{}", rid.to_hex());
+        let mut rec = Condemned {
+            time_ns: 1,
+            packs: vec![Id([0x01; 32])],
+            index_files: Vec::new(),
+            live_sessions: vec!["locks/aa".into()],
+        };
+        put_record(&repo, &rid, &rec).unwrap();
+        let first = store.get(&name).unwrap();
+        rec.live_sessions.push("locks/bb".into());
+        put_record(&repo, &rid, &rec).unwrap();
+        let second = store.get(&name).unwrap();
+        assert_ne!(first[6..18], second[6..18]);
+        let records = repo.condemned_records().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].0, rid);
+        assert_eq!(records[0].1.live_sessions, rec.live_sessions);
     }
 }

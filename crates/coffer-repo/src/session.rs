@@ -10,11 +10,16 @@
 //! *ended* (pid 0, refreshed at the end), and an ended session counts as live
 //! for the grace period — long enough for the backup's snapshot to show in
 //! listings before prune stops honouring the session (ADR 0004).
+//!
+//! A session object is rewritten under the same id (start, every refresh,
+//! end), so each write seals it with a fresh random nonce
+//! ([`crate::format::object`]).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::format::object;
 use crate::format::types::{decode, encode};
 use crate::format::Kind;
 use crate::id::Id;
@@ -27,7 +32,7 @@ pub const REFRESH: Duration = Duration::from_secs(60);
 pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// What a session object holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
     /// Host name.
     pub hostname: String,
@@ -66,7 +71,7 @@ impl Session {
             id: Id::random()?,
             info,
         };
-        repo.write_object(Kind::Lock, "locks/", &s.id, encode(&s.info))?;
+        put_session(repo, &s.id, &s.info)?;
         Ok(s)
     }
 
@@ -74,7 +79,7 @@ impl Session {
     pub fn refresh(&self, repo: &Repository) {
         let mut info = self.info.clone();
         info.refreshed_ns = now_ns();
-        if let Err(e) = repo.write_object(Kind::Lock, "locks/", &self.id, encode(&info)) {
+        if let Err(e) = put_session(repo, &self.id, &info) {
             tracing::warn!("could not refresh the backup session: {e}");
         }
     }
@@ -90,13 +95,22 @@ impl Session {
                 refreshed_ns: now_ns(),
                 ..self.info
             };
-            match repo.write_object(Kind::Lock, "locks/", &self.id, encode(&ended)) {
+            match put_session(repo, &self.id, &ended) {
                 Ok(_) => return,
                 Err(e) => tracing::warn!("could not mark the backup session as ended: {e}"),
             }
         }
         let _ = repo.store.delete(&name);
     }
+}
+
+/// Seals and writes `locks/<id>`, with a fresh nonce at every call (the id
+/// is rewritten). Through [`object::try_seal`], so a failing OS random
+/// number generator is an error here, not a panic.
+fn put_session(repo: &Repository, id: &Id, info: &SessionInfo) -> Result<()> {
+    let bytes = object::try_seal(repo.keys(), Kind::Lock, id, encode(info))?;
+    repo.store.put(&format!("locks/{}", id.to_hex()), &bytes)?;
+    Ok(())
 }
 
 /// The pid of a session marked as ended (no process has pid 0).
@@ -109,7 +123,7 @@ pub fn live_sessions(repo: &Repository, hostname: &str) -> Result<Vec<String>> {
         let name = format!("locks/{}", id.to_hex());
         let info: SessionInfo = match repo.store.get(&name) {
             Ok(bytes) => {
-                match crate::format::object::open(repo.keys(), Kind::Lock, &id, &bytes, &name)
+                match object::open(repo.keys(), Kind::Lock, &id, &bytes, &name)
                     .and_then(|p| decode(&p, &name))
                 {
                     Ok(i) => i,
@@ -140,7 +154,7 @@ pub fn remove_dead_sessions(repo: &Repository, hostname: &str) -> Result<u64> {
         let Ok(bytes) = repo.store.get(&name) else {
             continue;
         };
-        let info = crate::format::object::open(repo.keys(), Kind::Lock, &id, &bytes, &name)
+        let info = object::open(repo.keys(), Kind::Lock, &id, &bytes, &name)
             .and_then(|p| decode::<SessionInfo>(&p, &name));
         if matches!(info, Ok(ref i) if !is_live(i, hostname, repo.listing_grace())) {
             repo.store.delete(&name)?;
@@ -164,4 +178,52 @@ fn is_live(info: &SessionInfo, hostname: &str, grace: Duration) -> bool {
         return process_start(info.pid).is_some_and(|s| info.pid_start == 0 || s == info.pid_start);
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use coffer_crypto::BackupKey;
+    use coffer_storage::{BlobStore, MemStore};
+
+    use super::*;
+    use crate::repo::{init, InitOptions};
+
+    /// Start, refresh and end rewrite `locks/<id>`: every write must seal it
+    /// under its own nonce (a fixed one let storage XOR the plaintexts).
+    #[test]
+    fn every_session_write_has_its_own_nonce() {
+        let store: Arc<dyn BlobStore> = Arc::new(MemStore::default());
+        let k = BackupKey::from_bytes([0x09; 32]);
+        init(&*store, &k, &InitOptions::default()).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let repo = Repository::open(store.clone(), &k, cache.path()).unwrap();
+
+        let s = Session::start(&repo, "host").unwrap();
+        let id = s.id;
+        let name = format!("locks/{}", id.to_hex());
+        let first = store.get(&name).unwrap();
+        s.refresh(&repo);
+        let second = store.get(&name).unwrap();
+        s.refresh(&repo);
+        let third = store.get(&name).unwrap();
+        let nonces = [&first[6..18], &second[6..18], &third[6..18]];
+        assert!(nonces[0] != nonces[1] && nonces[1] != nonces[2] && nonces[0] != nonces[2]);
+        for bytes in [&first, &second, &third] {
+            let plain = object::open(repo.keys(), Kind::Lock, &id, bytes, &name).unwrap();
+            let info: SessionInfo = decode(&plain, &name).unwrap();
+            assert_eq!(info.hostname, "host");
+            assert_eq!(info.pid, std::process::id());
+        }
+        assert_eq!(live_sessions(&repo, "host").unwrap(), vec![name.clone()]);
+
+        s.end(&repo);
+        // Where listings lag, the end is one more rewrite; else a delete.
+        if let Ok(ended) = store.get(&name) {
+            assert!(nonces.iter().all(|n| *n != &ended[6..18]));
+            let plain = object::open(repo.keys(), Kind::Lock, &id, &ended, &name).unwrap();
+            assert_eq!(decode::<SessionInfo>(&plain, &name).unwrap().pid, ENDED_PID);
+        }
+    }
 }

@@ -5,6 +5,10 @@
 //! the blob's id and position are bound into the AEAD's associated data, so
 //! a changed header, a renamed object or two swapped objects all fail
 //! authentication.
+//!
+//! The version byte is per kind ([`Kind::version`]): 1 for every kind but the
+//! two rewritten in place (condemnation records, backup sessions), which are
+//! at 2 since they carry their own random nonce (see [`object`]).
 
 pub mod config;
 pub mod object;
@@ -17,8 +21,13 @@ mod vectors;
 
 /// Magic at the start of every object.
 pub const MAGIC: &[u8; 4] = b"COFR";
-/// The format version this build writes and reads.
+/// The format version this build writes and reads for every kind of object
+/// but those [rewritten in place](Kind::rewritten_in_place).
 pub const FORMAT_VERSION: u8 = 1;
+/// The version of the objects [rewritten in place](Kind::rewritten_in_place):
+/// they store a fresh random nonce after the header. This build still reads
+/// their version 1 (fixed nonce), which it never writes.
+pub const RANDOM_NONCE_VERSION: u8 = 2;
 
 /// What an object is; the byte after the version in every header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,19 +51,39 @@ pub enum Kind {
     Lock = 0x50,
 }
 
-/// The 6-byte header of an object of `kind`.
+impl Kind {
+    /// Whether objects of this kind are rewritten under the same name (and so
+    /// the same key): a backup session at every refresh, a condemnation record
+    /// when prune adds sessions to it. They cannot use a fixed nonce.
+    pub const fn rewritten_in_place(self) -> bool {
+        matches!(self, Kind::Condemned | Kind::Lock)
+    }
+
+    /// The version this build writes in the header of an object of this
+    /// kind, and the newest it reads.
+    pub const fn version(self) -> u8 {
+        if self.rewritten_in_place() {
+            RANDOM_NONCE_VERSION
+        } else {
+            FORMAT_VERSION
+        }
+    }
+}
+
+/// The 6-byte header of an object of `kind`, as this build writes it.
 pub fn header(kind: Kind) -> [u8; 6] {
     [
         MAGIC[0],
         MAGIC[1],
         MAGIC[2],
         MAGIC[3],
-        FORMAT_VERSION,
+        kind.version(),
         kind as u8,
     ]
 }
 
-/// Checks an object's header; `name` is used in the error.
+/// Checks an object's header — magic, version 0, kind, then a version newer
+/// than this build reads for that kind; `name` is used in the error.
 pub fn check_header(bytes: &[u8], kind: Kind, name: &str) -> crate::Result<()> {
     if bytes.len() < 6 || &bytes[..4] != MAGIC {
         return Err(crate::RepoError::integrity(
@@ -69,13 +98,6 @@ pub fn check_header(bytes: &[u8], kind: Kind, name: &str) -> crate::Result<()> {
             "format version 0 does not exist (damaged header)",
         ));
     }
-    if bytes[4] > FORMAT_VERSION {
-        return Err(crate::RepoError::UnsupportedVersion {
-            object: name.to_string(),
-            found: bytes[4],
-            supported: FORMAT_VERSION,
-        });
-    }
     if bytes[5] != kind as u8 {
         return Err(crate::RepoError::integrity(
             name,
@@ -84,6 +106,15 @@ pub fn check_header(bytes: &[u8], kind: Kind, name: &str) -> crate::Result<()> {
                 bytes[5], kind as u8
             ),
         ));
+    }
+    // After the kind: which versions exist depends on it, and an object of
+    // another kind in this place is damage, not a newer format.
+    if bytes[4] > kind.version() {
+        return Err(crate::RepoError::UnsupportedVersion {
+            object: name.to_string(),
+            found: bytes[4],
+            supported: kind.version(),
+        });
     }
     Ok(())
 }
