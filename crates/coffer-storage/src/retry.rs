@@ -133,8 +133,16 @@ impl<S: BlobStore> RetryStore<S> {
                 return Err(e.after_attempts(failures));
             }
             let d = self.delay(failures, e.retry_after());
+            // Not `{e}`: its advice ("run the command again later") is for
+            // when the retries are spent, not while they run.
+            let what = match &e {
+                StorageError::Transient {
+                    location, detail, ..
+                } => format!("temporary failure in {location}: {detail}"),
+                other => other.to_string(),
+            };
             tracing::warn!(
-                "{op} {name}: {e}; retrying in {:.1} s (attempt {} of {})",
+                "{op} {name}: {what}; retrying in {:.1} s (attempt {} of {})",
                 d.as_secs_f64(),
                 failures + 1,
                 self.policy.max_attempts
