@@ -32,15 +32,19 @@ pub const EXIT_KEY_ERASED: u8 = 5;
 #[derive(Debug, Parser)]
 #[command(name = "coffer", version, about, long_about = None)]
 pub struct Args {
-    /// Repository location (a local path). Also from COFFER_REPO.
+    /// Repository location: a local path or a URL (file://, s3://, gs://,
+    /// azblob://, webdav://, webdavs://, gdrive://, onedrive://, dropbox://).
+    /// Also from COFFER_REPO.
     #[arg(long, global = true, env = "COFFER_REPO")]
     repo: Option<String>,
     /// Read the recovery key from this file (else COFFER_RECOVERY_KEY, else a prompt).
     #[arg(long, global = true, value_name = "FILE")]
     recovery_key_file: Option<PathBuf>,
     /// Password mode: the vault's realm descriptor (realm.json). With `init`,
-    /// creates a password-mode repository; elsewhere it must name the realm
-    /// the repository uses (its address wins). Also from COFFER_VAULT.
+    /// creates a password-mode repository. Required on a device with no key
+    /// cached for the repository (the repository's own copy is not trusted
+    /// before the key is known); it must name the realm the repository uses,
+    /// and its address wins. Also from COFFER_VAULT.
     #[arg(long, global = true, env = "COFFER_VAULT", value_name = "REALM-JSON")]
     pub(crate) vault: Option<PathBuf>,
     /// Password mode: read the password from this file (else COFFER_PASSWORD, else a prompt).
@@ -85,7 +89,8 @@ enum Command {
         /// Directory to restore into (created if missing).
         #[arg(long)]
         target: PathBuf,
-        /// Restore only this path of the snapshot (as it was backed up).
+        /// Restore only this path of the snapshot: absolute, as it was backed up
+        /// (as `coffer snapshots` lists it).
         #[arg(long)]
         path: Option<PathBuf>,
         /// Restore only the SQLite databases.
@@ -98,8 +103,12 @@ enum Command {
         #[arg(long, value_name = "PERCENT", num_args = 0..=1, require_equals = true, default_missing_value = "100")]
         read_data: Option<String>,
     },
-    /// Forget snapshots by a retention policy, and with --prune delete unused data.
+    /// Forget snapshots by a retention policy (or by id), and with --prune delete unused data.
     Forget {
+        /// Forget these snapshots (ids or unique prefixes), instead of a
+        /// policy; a damaged snapshot, which no policy can place, too.
+        #[arg(value_name = "ID")]
+        ids: Vec<String>,
         /// Keep the N newest snapshots.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_last: usize,
@@ -220,8 +229,12 @@ pub fn error_report(e: &anyhow::Error) -> ErrorReport {
         if cause.downcast_ref::<UsageError>().is_some() {
             return report(EXIT_USAGE, "usage");
         }
-        if cause.downcast_ref::<IntegrityFailure>().is_some() {
-            return report(EXIT_INTEGRITY, "integrity");
+        if let Some(f) = cause.downcast_ref::<CommandFailure>() {
+            return if f.integrity {
+                report(EXIT_INTEGRITY, "integrity")
+            } else {
+                report(EXIT_OTHER, "error")
+            };
         }
     }
     report(EXIT_OTHER, "error")
@@ -231,9 +244,30 @@ pub fn error_report(e: &anyhow::Error) -> ErrorReport {
 #[derive(Debug)]
 pub(crate) struct UsageError(pub(crate) String);
 
-/// A check that found damage (exit code 4).
+/// A command that failed after doing part of its work (an incomplete
+/// restore, a verify that found damage, a backup missing some paths): exit
+/// code 4 when stored data was at fault, else 1. With `--json`, its summary
+/// is printed with the error fields added (one document).
 #[derive(Debug)]
-struct IntegrityFailure(String);
+struct CommandFailure {
+    message: String,
+    integrity: bool,
+    summary: Option<serde_json::Value>,
+}
+
+/// The summary of a command that failed after doing part of its work.
+pub(crate) fn failure_summary(e: &anyhow::Error) -> Option<serde_json::Value> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<CommandFailure>())
+        .and_then(|f| f.summary.clone())
+}
+
+/// Prints a summary that `output` returned (`--json`) on success.
+fn print_summary(json: Option<serde_json::Value>) {
+    if let Some(v) = json {
+        output::print_json(&v);
+    }
+}
 
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,12 +275,12 @@ impl std::fmt::Display for UsageError {
     }
 }
 impl std::error::Error for UsageError {}
-impl std::fmt::Display for IntegrityFailure {
+impl std::fmt::Display for CommandFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
-impl std::error::Error for IntegrityFailure {}
+impl std::error::Error for CommandFailure {}
 
 pub(crate) fn repo_location(args: &Args) -> anyhow::Result<String> {
     args.repo.clone().ok_or_else(|| {
@@ -304,17 +338,22 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             }
             let (rk, id) = Coffer::init_with_recovery_key(&location)?;
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "recovery_key": rk.expose_secret() })
                 );
             } else {
-                println!("Created repository {} at {location}.\n", hex_short(&id));
-                println!(
+                outln!("Created repository {} at {location}.\n", hex_short(&id));
+                outln!(
                     "Your recovery key (shown only this once; write it down and keep it safe):\n"
                 );
-                println!("    {}\n", rk.expose_secret());
-                println!("Anyone with this key can read these backups. Without it nobody can, not even you.");
+                outln!("    {}\n", rk.expose_secret());
+                outln!("Anyone with this key can read these backups. Without it nobody can, not even you.");
+            }
+            if output::stdout_gone() {
+                return Err(anyhow!(
+                    "the repository was created, but its recovery key could not be printed (stdout is closed): delete the repository and run init again"
+                ));
             }
             Ok(EXIT_OK)
         }
@@ -333,17 +372,56 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 coffer.backup(&sources, *force, p)
             });
             let outcome = res?;
-            output::backup_summary(&outcome, args.json);
-            Ok(if outcome.warnings.is_empty() {
-                EXIT_OK
-            } else {
-                EXIT_OTHER
-            })
+            let summary = output::backup_summary(&outcome, args.json);
+            if outcome.warnings.is_empty() {
+                print_summary(summary);
+                return Ok(EXIT_OK);
+            }
+            Err(anyhow!(CommandFailure {
+                message: format!(
+                    "snapshot {} saved without {} path(s) that could not be read (listed above)",
+                    outcome.id.short(),
+                    outcome.warnings.len()
+                ),
+                integrity: false,
+                summary,
+            }))
         }
         Command::Snapshots => {
             let coffer = open(&args)?;
-            output::snapshots(&coffer.snapshots()?, args.json);
-            Ok(EXIT_OK)
+            // Damaged snapshots are left out of the list, with a warning each
+            // (logged as they are read) and a count at the end.
+            let (list, damaged) = coffer.repository().readable_snapshots()?;
+            if damaged.is_empty() {
+                output::snapshots(&list, args.json);
+                return Ok(EXIT_OK);
+            }
+            // The others are listed; the command then fails (exit 4).
+            let summary = if args.json {
+                Some(serde_json::json!({
+                    "snapshots": output::snapshots_json(&list),
+                    "damaged": damaged
+                        .iter()
+                        .map(|(id, e)| serde_json::json!({"id": id.to_hex(), "problem": e.to_string()}))
+                        .collect::<Vec<_>>(),
+                }))
+            } else {
+                output::snapshots(&list, false);
+                None
+            };
+            let why: Vec<String> = damaged
+                .iter()
+                .map(|(id, e)| format!("snapshot {}: {e}", id.short()))
+                .collect();
+            Err(anyhow!(CommandFailure {
+                message: format!(
+                    "{} damaged snapshot(s) could not be read and are not listed ({}); `coffer forget <id>` removes one",
+                    damaged.len(),
+                    why.join("; ")
+                ),
+                integrity: true,
+                summary,
+            }))
         }
         Command::Restore {
             snapshot,
@@ -351,6 +429,19 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             path,
             db_only,
         } => {
+            if snapshot.trim().is_empty() {
+                return Err(anyhow!(UsageError(
+                    "no snapshot given: pass an id (or a unique prefix) or `latest`".into()
+                )));
+            }
+            if let Some(p) = path {
+                if !p.is_absolute() {
+                    return Err(anyhow!(UsageError(format!(
+                        "--path {}: give the absolute path, as it was backed up (as `coffer snapshots` lists it)",
+                        p.display()
+                    ))));
+                }
+            }
             let coffer = open(&args)?;
             let opts = RestoreOptions {
                 path: path.clone(),
@@ -361,15 +452,25 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 coffer.restore(snapshot, target, opts, p)
             });
             let (id, summary) = res?;
-            output::restore_summary(&id, &summary, target, args.json);
+            let json = output::restore_summary(&id, &summary, target, args.json);
             if summary.failures.is_empty() {
-                Ok(EXIT_OK)
-            } else {
-                Err(anyhow!(IntegrityFailure(format!(
-                    "restore incomplete: {} file(s) failed and were not written (see above)",
-                    summary.failures.len()
-                ))))
+                print_summary(json);
+                return Ok(EXIT_OK);
             }
+            let integrity = summary.integrity_failures > 0;
+            Err(anyhow!(CommandFailure {
+                message: format!(
+                    "restore incomplete: {} file(s) failed and were not written (see above){}",
+                    summary.failures.len(),
+                    if integrity {
+                        ""
+                    } else {
+                        "; the repository is not at fault"
+                    }
+                ),
+                integrity,
+                summary: json,
+            }))
         }
         Command::Verify { read_data } => {
             let pct = match read_data {
@@ -391,17 +492,19 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             let coffer = open(&args)?;
             let res = with_progress(output::Kind::Verify, args.json, |p| coffer.verify(pct, p));
             let s = res?;
-            output::verify_summary(&s, args.json);
+            let json = output::verify_summary(&s, args.json);
             if s.errors.is_empty() {
-                Ok(EXIT_OK)
-            } else {
-                Err(anyhow!(IntegrityFailure(format!(
-                    "the repository has {} problem(s)",
-                    s.errors.len()
-                ))))
+                print_summary(json);
+                return Ok(EXIT_OK);
             }
+            Err(anyhow!(CommandFailure {
+                message: format!("the repository has {} problem(s)", s.errors.len()),
+                integrity: true,
+                summary: json,
+            }))
         }
         Command::Forget {
+            ids,
             keep_last,
             keep_daily,
             keep_weekly,
@@ -415,13 +518,47 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 weekly: *keep_weekly,
                 monthly: *keep_monthly,
             };
-            if policy.is_empty() {
+            if !ids.is_empty() && !policy.is_empty() {
                 return Err(anyhow!(UsageError(
-                    "forget needs a policy: --keep-last, --keep-daily, --keep-weekly or --keep-monthly".into()
+                    "forget takes snapshot ids or a policy (--keep-*), not both".into()
+                )));
+            }
+            if ids.iter().any(|i| i.trim().is_empty()) {
+                return Err(anyhow!(UsageError("an empty snapshot id".into())));
+            }
+            if policy.is_empty() && ids.is_empty() {
+                return Err(anyhow!(UsageError(
+                    "forget needs a policy: --keep-last, --keep-daily, --keep-weekly or --keep-monthly (or snapshot ids)".into()
                 )));
             }
             let mut coffer = open(&args)?;
-            let (kept, gone) = coffer.forget(&policy, *dry_run)?;
+            let (kept, gone) = if ids.is_empty() {
+                coffer.forget(&policy, *dry_run).map_err(|e| {
+                    let e = anyhow!(e);
+                    match coffer.repository().readable_snapshots() {
+                        Ok((_, damaged)) if !damaged.is_empty() => e.context(format!(
+                            "a damaged snapshot stops forget by policy: remove it first with `coffer forget {}`",
+                            damaged[0].0.short()
+                        )),
+                        _ => e,
+                    }
+                })?
+            } else {
+                let repo = coffer.repository();
+                let mut gone = Vec::new();
+                for spec in ids {
+                    let id = repo.snapshot_id(spec)?;
+                    if !gone.contains(&id) {
+                        gone.push(id);
+                    }
+                }
+                if !*dry_run {
+                    for id in &gone {
+                        repo.delete_snapshot(id)?;
+                    }
+                }
+                (Vec::new(), gone)
+            };
             let pruned = if *prune && !*dry_run {
                 Some(coffer.prune()?)
             } else {
@@ -436,8 +573,32 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             output::forget_summary(&[], &[], Some(&s), false, args.json);
             Ok(EXIT_OK)
         }
-        Command::Key { cmd } => password::key_command(&args, cmd),
+        Command::Key { cmd } => {
+            if matches!(cmd, password::KeyCommand::Forget) {
+                refuse_forget_in_recovery_key_mode(&args)?;
+            }
+            password::key_command(&args, cmd)
+        }
     }
+}
+
+/// `key forget` on a repository in recovery-key mode is a usage error
+/// (exit 2), as every `key` command is there — unless this device still
+/// caches a key of it (cached while it was in password mode), which
+/// `key forget` then drops.
+fn refuse_forget_in_recovery_key_mode(args: &Args) -> anyhow::Result<()> {
+    let location = repo_location(args)?;
+    let info = Coffer::inspect(&location)?;
+    if info.is_password_mode() {
+        return Ok(());
+    }
+    let cached = coffer_client::keycache::default_cache()
+        .and_then(|c| c.load(&info.repo_id))
+        .is_ok_and(|k| k.is_some());
+    if cached {
+        return Ok(());
+    }
+    Err(AccessError::NotPasswordMode { location }.into())
 }
 
 pub(crate) fn hex_short(id: &[u8; 16]) -> String {

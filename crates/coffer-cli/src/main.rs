@@ -1,8 +1,9 @@
 //! `coffer`: end-to-end encrypted backups of an app's SQLite database and
 //! media, restorable on a new device with a 64-digit recovery key.
 
-mod cli;
+#[macro_use]
 mod output;
+mod cli;
 mod password;
 
 use std::io::IsTerminal;
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let report = cli::error_report(&e);
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             if json {
                 output::error(&e, &report);
             }

@@ -1,6 +1,6 @@
 //! What the user sees: progress on a terminal, summaries as text or JSON.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +11,55 @@ use serde_json::json;
 
 use coffer_client::{BackupOutcome, Id, Progress, PruneSummary, RestoreSummary, VerifySummary};
 use coffer_repo::format::types::Snapshot;
+
+/// Set once stdout is closed (a reader such as `head` went away) or fails.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Like `println!`, but a closed stdout is not a panic: output stops
+/// quietly and the command finishes (and exits) as it would have.
+macro_rules! outln {
+    () => { $crate::output::write_out(format_args!("")) };
+    ($($t:tt)*) => { $crate::output::write_out(format_args!($($t)*)) };
+}
+
+/// Like `eprintln!`, without the panic on a closed stderr.
+macro_rules! errln {
+    ($($t:tt)*) => { $crate::output::write_err(format_args!($($t)*)) };
+}
+
+/// Writes one line to stdout (see [`outln!`]).
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            write_err(format_args!("warning: cannot write to stdout: {e}"));
+        }
+    }
+}
+
+/// Whether some output could not be written to stdout.
+pub fn stdout_gone() -> bool {
+    STDOUT_GONE.load(Ordering::Relaxed)
+}
+
+/// Writes one line to stderr, ignoring a closed stderr.
+pub fn write_err(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
+/// Prints a JSON document on stdout.
+pub fn print_json(v: &serde_json::Value) {
+    outln!("{v}");
+}
 
 /// Which operation a progress display follows.
 #[derive(Clone, Copy)]
@@ -123,79 +172,80 @@ fn path_str(p: &[u8]) -> String {
         .to_string()
 }
 
-pub fn backup_summary(o: &BackupOutcome, json: bool) {
+/// Prints the summary as text, or with `json` returns it (the caller prints
+/// it, alone or with the error fields added; see [`error`]).
+pub fn backup_summary(o: &BackupOutcome, json: bool) -> Option<serde_json::Value> {
     let s = &o.snapshot.summary;
     let secs = (s.duration_ms as f64 / 1000.0).max(0.001);
     for w in &o.warnings {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     if json {
-        println!(
-            "{}",
-            json!({
-                "snapshot_id": o.id.to_hex(),
-                "files": s.files, "dirs": s.dirs, "files_read": s.files_read,
-                "bytes_read": s.bytes_read, "bytes_new": s.bytes_new, "bytes_added": s.bytes_added,
-                "total_bytes": s.total_bytes, "duration_ms": s.duration_ms,
-                "throughput_bytes_per_sec": (s.bytes_read as f64 / secs) as u64,
-                "warnings": o.warnings,
-            })
-        );
-        return;
+        return Some(json!({
+            "snapshot_id": o.id.to_hex(),
+            "files": s.files, "dirs": s.dirs, "files_read": s.files_read,
+            "bytes_read": s.bytes_read, "bytes_new": s.bytes_new, "bytes_added": s.bytes_added,
+            "total_bytes": s.total_bytes, "duration_ms": s.duration_ms,
+            "throughput_bytes_per_sec": (s.bytes_read as f64 / secs) as u64,
+            "warnings": o.warnings,
+        }));
     }
-    println!("snapshot {} saved", o.id.short());
-    println!(
+    outln!("snapshot {} saved", o.id.short());
+    outln!(
         "  files       {} ({} read, {} unchanged), {} directories",
         s.files,
         s.files_read,
         s.files - s.files_read.min(s.files),
         s.dirs
     );
-    println!("  read        {}", human_bytes(s.bytes_read));
-    println!(
+    outln!("  read        {}", human_bytes(s.bytes_read));
+    outln!(
         "  new data    {} (stored as {})",
         human_bytes(s.bytes_new),
         human_bytes(s.bytes_added)
     );
-    println!(
+    outln!(
         "  duration    {secs:.2} s, {}/s",
         human_bytes((s.bytes_read as f64 / secs) as u64)
     );
-    if !o.warnings.is_empty() {
-        eprintln!(
-            "{} path(s) could not be read and are not in the snapshot (listed above)",
-            o.warnings.len()
-        );
-    }
+    None
+}
+
+/// The list as `snapshots --json` prints it.
+pub fn snapshots_json(list: &[(Id, Snapshot)]) -> serde_json::Value {
+    let v: Vec<_> = list
+        .iter()
+        .map(|(id, s)| {
+            json!({
+                "id": id.to_hex(), "time_ns": s.time_ns, "time": time_str(s.time_ns), "hostname": s.hostname,
+                "paths": s.paths.iter().map(|p| path_str(p)).collect::<Vec<_>>(),
+                "databases": s.databases.iter().map(|d| path_str(&d.path)).collect::<Vec<_>>(),
+                "files": s.summary.files, "total_bytes": s.summary.total_bytes,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(v)
 }
 
 pub fn snapshots(list: &[(Id, Snapshot)], json: bool) {
     if json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|(id, s)| {
-                json!({
-                    "id": id.to_hex(), "time_ns": s.time_ns, "time": time_str(s.time_ns), "hostname": s.hostname,
-                    "paths": s.paths.iter().map(|p| path_str(p)).collect::<Vec<_>>(),
-                    "databases": s.databases.iter().map(|d| path_str(&d.path)).collect::<Vec<_>>(),
-                    "files": s.summary.files, "total_bytes": s.summary.total_bytes,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
+        outln!("{}", snapshots_json(list));
         return;
     }
     if list.is_empty() {
-        println!("no snapshots yet");
+        outln!("no snapshots yet");
         return;
     }
-    println!(
+    outln!(
         "{:<8}  {:<19}  {:<16}  {:>10}  paths",
-        "id", "time (UTC)", "host", "size"
+        "id",
+        "time (UTC)",
+        "host",
+        "size"
     );
     for (id, s) in list {
         let paths: Vec<String> = s.paths.iter().map(|p| path_str(p)).collect();
-        println!(
+        outln!(
             "{:<8}  {:<19}  {:<16}  {:>10}  {}",
             id.short(),
             time_str(s.time_ns),
@@ -204,40 +254,58 @@ pub fn snapshots(list: &[(Id, Snapshot)], json: bool) {
             paths.join(" ")
         );
     }
-    println!("{} snapshot(s)", list.len());
+    outln!("{} snapshot(s)", list.len());
 }
 
-pub fn restore_summary(id: &Id, s: &RestoreSummary, target: &Path, json: bool) {
+/// Prints the summary as text, or with `json` returns it (see [`backup_summary`]).
+pub fn restore_summary(
+    id: &Id,
+    s: &RestoreSummary,
+    target: &Path,
+    json: bool,
+) -> Option<serde_json::Value> {
     for f in &s.failures {
-        eprintln!("failed: {f}");
+        errln!("failed: {f}");
     }
     if json {
-        println!(
-            "{}",
-            json!({"snapshot_id": id.to_hex(), "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks, "bytes": s.bytes, "failures": s.failures})
-        );
-        return;
+        return Some(json!({
+            "snapshot_id": id.to_hex(), "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks,
+            "bytes": s.bytes, "complete": s.failures.is_empty(), "failures": s.failures,
+        }));
     }
-    println!(
-        "restored snapshot {} to {}: {} files, {} directories, {} symlinks, {}",
-        id.short(),
-        target.display(),
+    let counts = format!(
+        "{} files, {} directories, {} symlinks, {}",
         s.files,
         s.dirs,
         s.symlinks,
         human_bytes(s.bytes)
     );
+    if s.failures.is_empty() {
+        outln!(
+            "restored snapshot {} to {}: {counts}",
+            id.short(),
+            target.display()
+        );
+    } else {
+        outln!(
+            "INCOMPLETE restore of snapshot {} to {}: {} file(s) FAILED and were not written; restored {counts}",
+            id.short(),
+            target.display(),
+            s.failures.len()
+        );
+    }
+    None
 }
 
-pub fn verify_summary(s: &VerifySummary, json: bool) {
+/// Prints the summary as text, or with `json` returns it (see [`backup_summary`]).
+pub fn verify_summary(s: &VerifySummary, json: bool) -> Option<serde_json::Value> {
     for e in &s.errors {
-        eprintln!("problem: {e}");
+        errln!("problem: {e}");
     }
     if json {
-        println!("{}", serde_json::to_string(s).unwrap_or_default());
-        return;
+        return Some(serde_json::to_value(s).unwrap_or_default());
     }
-    println!(
+    outln!(
         "checked {} snapshots, {} trees, {} data blobs, {} packs; read back {} packs ({})",
         s.snapshots,
         s.trees,
@@ -247,15 +315,18 @@ pub fn verify_summary(s: &VerifySummary, json: bool) {
         human_bytes(s.bytes_read)
     );
     match &s.conditional_writes_reason {
-        None if s.conditional_writes => println!("storage: conditional writes enforced (probed)"),
-        reason => println!(
+        None if s.conditional_writes => outln!("storage: conditional writes enforced (probed)"),
+        reason => outln!(
             "storage: conditional writes not enforced ({}); prune does not need them (two-phase, ADR 0004)",
             reason.as_deref().unwrap_or("not probed")
         ),
     }
     if s.errors.is_empty() {
-        println!("no problems found");
+        outln!("no problems found");
+    } else {
+        outln!("{} problem(s) found (listed above)", s.errors.len());
     }
+    None
 }
 
 pub fn forget_summary(
@@ -266,7 +337,7 @@ pub fn forget_summary(
     json: bool,
 ) {
     if json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "kept": kept.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
@@ -279,19 +350,19 @@ pub fn forget_summary(
     }
     if !kept.is_empty() || !gone.is_empty() {
         let verb = if dry_run { "would forget" } else { "forgot" };
-        println!("kept {} snapshot(s), {verb} {}", kept.len(), gone.len());
+        outln!("kept {} snapshot(s), {verb} {}", kept.len(), gone.len());
         for g in gone {
-            println!("  {verb} {}", g.short());
+            outln!("  {verb} {}", g.short());
         }
     }
     if let Some(p) = pruned {
-        println!(
+        outln!(
             "pruned: deleted {} pack(s), freed {}",
             p.packs_deleted,
             human_bytes(p.bytes_freed)
         );
         if p.packs_waiting > 0 {
-            println!(
+            outln!(
                 "{} unused pack(s) are kept until the backup(s) running now finish; a later prune deletes them",
                 p.packs_waiting
             );
@@ -302,13 +373,17 @@ pub fn forget_summary(
 /// With `--json`, an error as one object on stdout (the text stays on
 /// stderr): `{"error": kind, "message", "exit_code"}`, plus
 /// `attempts_remaining` after a wrong password and `retry_after_ms` and
-/// `scope` when the vault rate limits.
+/// `scope` when the vault rate limits. A command that failed after doing
+/// part of its work (a backup with unreadable paths, an incomplete restore,
+/// a verify that found problems) prints its summary object with these
+/// fields added: one JSON document either way.
 pub fn error(e: &anyhow::Error, r: &crate::cli::ErrorReport) {
-    let mut v = json!({
-        "error": r.kind,
-        "message": format!("{e:#}"),
-        "exit_code": r.code,
-    });
+    let mut v = crate::cli::failure_summary(e)
+        .filter(|v| v.is_object())
+        .unwrap_or_else(|| json!({}));
+    v["error"] = json!(r.kind);
+    v["message"] = json!(format!("{e:#}"));
+    v["exit_code"] = json!(r.code);
     if let Some(n) = r.attempts_remaining {
         v["attempts_remaining"] = json!(n);
     }
@@ -318,5 +393,5 @@ pub fn error(e: &anyhow::Error, r: &crate::cli::ErrorReport) {
     if let Some(s) = &r.scope {
         v["scope"] = json!(s);
     }
-    println!("{v}");
+    outln!("{v}");
 }

@@ -170,6 +170,11 @@ struct Walker<'a> {
     jobs: Sender<Job>,
     claimed: HashSet<Id>,
     skip: HashSet<PathBuf>,
+    /// Databases inside a directory given as a path: captured (through
+    /// their image) when the walk of that directory reaches them.
+    nested_dbs: BTreeMap<PathBuf, Receiver<Result<crate::sqlite::DbImage>>>,
+    /// Sources (paths and databases given) that made it into the snapshot.
+    sources_read: usize,
     summary: BackupSummary,
     warnings: Vec<String>,
     /// The read buffer, reused from file to file.
@@ -273,12 +278,18 @@ impl Walker<'_> {
                     )
                 }
                 VEntry::Source(Source::Path(p)) => match self.entry(&p, name, parent_node)? {
-                    Some(n) => n,
+                    Some(n) => {
+                        self.sources_read += 1;
+                        n
+                    }
                     None => continue,
                 },
                 VEntry::Source(Source::Database { original, ready }) => {
                     match self.database(&original, &ready, name)? {
-                        Some(n) => n,
+                        Some(n) => {
+                            self.sources_read += 1;
+                            n
+                        }
                         None => continue,
                     }
                 }
@@ -316,13 +327,17 @@ impl Walker<'_> {
                     let p = path.join(std::ffi::OsStr::from_bytes(&c));
                     (c, p)
                 })
-                .filter(|(_, p)| !self.skip.contains(p))
+                .filter(|(_, p)| !self.skip.contains(p) || self.nested_dbs.contains_key(p))
                 .collect();
             // The regular files of this directory that will be read, hinted
             // in the order they will be read (0: not hinted).
             let hinted: Vec<u64> = children
                 .iter()
                 .map(|(child, child_path)| {
+                    if self.nested_dbs.contains_key(child_path) {
+                        // Read through its image, which hints itself.
+                        return 0;
+                    }
                     let Ok(m) = fs::symlink_metadata(child_path) else {
                         return 0;
                     };
@@ -338,6 +353,13 @@ impl Walker<'_> {
                 .collect();
             let mut tree = Tree::default();
             for ((child, child_path), hinted) in children.into_iter().zip(hinted) {
+                if let Some(ready) = self.nested_dbs.remove(&child_path) {
+                    if let Some(n) = self.database(&child_path, &ready, child)? {
+                        self.sources_read += 1;
+                        tree.nodes.push(n);
+                    }
+                    continue;
+                }
                 let pn = child_node(sub_parent.as_ref(), &child);
                 let node = self.entry(&child_path, child, pn);
                 if hinted > 0 {
@@ -407,6 +429,25 @@ impl Walker<'_> {
             self.warn(path, "not a regular file, directory or symlink: skipped");
             Ok(None)
         }
+    }
+
+    /// The databases inside a directory given that its walk did not reach
+    /// (the directory could not be read, or leads there through a symlink):
+    /// an image that failed fails the backup as it does elsewhere; the others
+    /// are warned about and returned, to drop from the snapshot's list.
+    fn unreached_databases(&mut self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for (path, ready) in std::mem::take(&mut self.nested_dbs) {
+            if let Ok(Err(e)) = ready.recv() {
+                return Err(e);
+            }
+            self.warn(
+                &path,
+                "not reached by the walk of the directory that contains it: not backed up",
+            );
+            out.push(path);
+        }
+        Ok(out)
     }
 
     fn database(
@@ -710,11 +751,17 @@ fn remove_stale_images(dir: &Path) {
 fn find_parent(repo: &Repository, host: &str, paths: &[Vec<u8>]) -> Result<Option<(Id, Snapshot)>> {
     let mut want: Vec<Vec<u8>> = paths.to_vec();
     want.sort();
-    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| {
-        let mut p = s.paths.clone();
-        p.sort();
-        s.hostname == host && p == want
-    }))
+    // A damaged snapshot (logged) cannot be a parent; the backup goes on.
+    Ok(repo
+        .readable_snapshots()?
+        .0
+        .into_iter()
+        .rev()
+        .find(|(_, s)| {
+            let mut p = s.paths.clone();
+            p.sort();
+            s.hostname == host && p == want
+        }))
 }
 
 fn join_thread<T>(r: std::thread::Result<Result<T>>) -> Result<T> {
@@ -761,6 +808,12 @@ fn run(
     let mut skip = HashSet::new();
     let mut images = Vec::new();
     let mut databases = Vec::new();
+    let mut nested_dbs = BTreeMap::new();
+    let path_sources = sources
+        .paths
+        .iter()
+        .map(|p| absolute(p))
+        .collect::<Result<Vec<_>>>()?;
     for db in &sources.databases {
         let abs = absolute(db)?;
         for suffix in ["", "-wal", "-shm", "-journal"] {
@@ -794,6 +847,13 @@ fn run(
             // Replaced by what the capture used once the walk has read it.
             method: crate::sqlite::METHOD_ONLINE_BACKUP.into(),
         });
+        // Inside a directory given as a path: the walk of that directory
+        // reads the database through its image, in its place, and the rest
+        // of the directory as files.
+        if path_sources.iter().any(|p| abs.starts_with(p) && abs != *p) {
+            nested_dbs.insert(abs, ready);
+            continue;
+        }
         insert_source(
             &mut root,
             &abs,
@@ -803,8 +863,7 @@ fn run(
             },
         );
     }
-    for p in &sources.paths {
-        let abs = absolute(p)?;
+    for abs in path_sources {
         paths.push(abs.as_os_str().as_bytes().to_vec());
         if !skip.contains(&abs) {
             insert_source(&mut root, &abs, Source::Path(abs.clone()));
@@ -819,6 +878,13 @@ fn run(
         Some((_, s)) => repo.read_tree(&s.tree).ok(),
         None => None,
     };
+    match &parent {
+        Some((id, _)) if parent_tree.is_some() => tracing::info!(
+            parent = %id.to_hex(),
+            "files unchanged since the parent snapshot are not read again"
+        ),
+        _ => tracing::info!("no usable parent snapshot: every file is read"),
+    }
 
     let workers = opts.workers.max(1);
     let repo_ref: &Repository = repo;
@@ -832,7 +898,7 @@ fn run(
     let upload_state = &upload_state;
     let (file_chunker, db_chunker) = (repo_ref.file_chunker(), repo_ref.db_chunker());
     let result = std::thread::scope(
-        |scope| -> Result<(Tree, Id, BackupSummary, Vec<String>, UploadResult)> {
+        |scope| -> Result<(Tree, Id, BackupSummary, Vec<String>, UploadResult, usize)> {
             let (job_tx, job_rx) = bounded::<Job>(workers);
             let (comp_tx, comp_rx) = bounded::<Compressed>(workers);
             // A finished pack is handed straight to a free uploader: each
@@ -879,15 +945,19 @@ fn run(
                 jobs: job_tx,
                 claimed: HashSet::new(),
                 skip,
+                nested_dbs,
+                sources_read: 0,
                 summary: BackupSummary::default(),
                 warnings: Vec::new(),
                 read_buf: Vec::new(),
                 db_methods: Vec::new(),
                 hints,
             };
+            let mut unreached = Vec::new();
             let walked = walker
                 .walk_vdir(Path::new("/"), root, parent_tree)
                 .and_then(|t| {
+                    unreached = walker.unreached_databases()?;
                     let id = walker.save_tree(t.clone())?;
                     Ok((t, id))
                 });
@@ -896,8 +966,14 @@ fn run(
                 warnings,
                 jobs,
                 db_methods,
+                sources_read,
                 ..
             } = walker;
+            databases.retain(|d| {
+                !unreached
+                    .iter()
+                    .any(|u| u.as_os_str().as_bytes() == d.path.as_slice())
+            });
             for (path, method) in db_methods {
                 let path = path.as_os_str().as_bytes();
                 if let Some(d) = databases.iter_mut().find(|d| d.path == path) {
@@ -941,16 +1017,18 @@ fn run(
             if let Some(e) = first_err {
                 return Err(RepoError::Internal(e));
             }
-            Ok((tree, id, summary, warnings, uploaded))
+            Ok((tree, id, summary, warnings, uploaded, sources_read))
         },
     );
     for t in db_threads {
         let _ = t.join();
     }
     cleanup(&images);
-    let (_, tree_id, mut summary, warnings, uploaded) = result?;
+    let (_, tree_id, mut summary, warnings, uploaded, sources_read) = result?;
 
-    if summary.files == 0 && summary.dirs == 0 && !warnings.is_empty() {
+    // Only the directories leading to the paths given (which exist even
+    // when the paths do not) would be in it.
+    if sources_read == 0 && !warnings.is_empty() {
         return Err(RepoError::NothingReadable(warnings.join("; ")));
     }
     summary.bytes_added = uploaded.bytes;
@@ -967,6 +1045,7 @@ fn run(
     };
     let id = Id::random()?;
     let n = repo.write_object(Kind::Snapshot, "snapshots/", &id, encode(&snapshot))?;
+    tracing::info!(snapshot = %id.to_hex(), "snapshot saved");
     let mut snapshot = snapshot;
     snapshot.summary.bytes_added += n;
     Ok(BackupOutcome {

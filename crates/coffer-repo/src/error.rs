@@ -62,6 +62,14 @@ pub enum RepoError {
     /// No snapshot matches what was asked for.
     #[error("no snapshot matches {0:?} (see `coffer snapshots`)")]
     SnapshotNotFound(String),
+    /// A snapshot id prefix matches more than one snapshot.
+    #[error("{spec:?} is ambiguous: {matches} snapshots match (see `coffer snapshots`)")]
+    AmbiguousSnapshot {
+        /// The prefix given.
+        spec: String,
+        /// How many snapshots it matches.
+        matches: usize,
+    },
     /// None of the paths given could be read: no snapshot was written.
     #[error("nothing could be backed up: {0}")]
     NothingReadable(String),

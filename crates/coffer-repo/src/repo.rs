@@ -361,6 +361,11 @@ impl Repository {
             listing_grace,
         };
         repo.refresh()?;
+        tracing::info!(
+            repo = %hex::encode(repo.config.repo_id),
+            location = %repo.store.location(),
+            "repository opened"
+        );
         Ok(repo)
     }
 
@@ -511,6 +516,67 @@ impl Repository {
         Ok(out)
     }
 
+    /// Every snapshot that can be read, oldest first, and those that cannot
+    /// (damaged: failed authentication, truncated, or of a newer format),
+    /// each with why; each of those is also logged as a warning. For
+    /// listing, choosing a backup's parent, finding `latest` and checking,
+    /// which go on with the others — never for deciding which data is
+    /// unused: prune must see every snapshot ([`Repository::snapshots`]).
+    /// The storage failing is still an error.
+    #[allow(clippy::type_complexity)]
+    pub fn readable_snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<(Id, RepoError)>)> {
+        let mut out = Vec::new();
+        let mut damaged = Vec::new();
+        for id in self.list_ids("snapshots/")? {
+            match self.read_snapshot(&id) {
+                Ok(s) => out.push((id, s)),
+                Err(RepoError::Storage(StorageError::NotFound { .. })) => continue,
+                Err(e @ (RepoError::Integrity { .. } | RepoError::UnsupportedVersion { .. })) => {
+                    tracing::warn!(
+                        "snapshot {} cannot be read, skipped ({e}); `coffer forget {}` removes it",
+                        id.short(),
+                        id.short()
+                    );
+                    damaged.push((id, e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|(id, s)| (s.time_ns, *id));
+        damaged.sort_by_key(|(id, _)| *id);
+        Ok((out, damaged))
+    }
+
+    /// The id of the one snapshot whose id starts with `prefix` (hex),
+    /// without reading it: it may be damaged.
+    pub fn snapshot_id(&self, prefix: &str) -> Result<Id> {
+        let p = prefix.to_ascii_lowercase();
+        if p.is_empty() {
+            return Err(RepoError::SnapshotNotFound(prefix.to_string()));
+        }
+        let ids: Vec<Id> = self
+            .list_ids("snapshots/")?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&p))
+            .collect();
+        match ids.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(RepoError::SnapshotNotFound(prefix.to_string())),
+            _ => Err(RepoError::AmbiguousSnapshot {
+                spec: prefix.to_string(),
+                matches: ids.len(),
+            }),
+        }
+    }
+
+    /// Deletes one snapshot object (readable or not). The data it alone
+    /// referenced stays until a prune.
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.store
+            .delete(&format!("snapshots/{}", id.to_hex()))
+            .map_err(RepoError::from)
+    }
+
     /// Reads one snapshot.
     pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let plain = self.read_object(Kind::Snapshot, "snapshots/", id)?;
@@ -521,24 +587,19 @@ impl Repository {
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
         let spec_l = spec.to_ascii_lowercase();
         if spec_l == "latest" {
-            return self
-                .snapshots()?
+            // Which one is the newest is unknown while one cannot be read:
+            // an error (the damaged ones are logged with how to remove
+            // them; a readable one can still be restored by its id).
+            let (mut readable, mut damaged) = self.readable_snapshots()?;
+            if !damaged.is_empty() {
+                return Err(damaged.swap_remove(0).1);
+            }
+            return readable
                 .pop()
                 .ok_or_else(|| RepoError::SnapshotNotFound(spec.to_string()));
         }
-        let ids: Vec<Id> = self
-            .list_ids("snapshots/")?
-            .into_iter()
-            .filter(|id| id.to_hex().starts_with(&spec_l))
-            .collect();
-        match ids.as_slice() {
-            [id] => Ok((*id, self.read_snapshot(id)?)),
-            [] => Err(RepoError::SnapshotNotFound(spec.to_string())),
-            _ => Err(RepoError::SnapshotNotFound(format!(
-                "{spec} (ambiguous: {} snapshots match)",
-                ids.len()
-            ))),
-        }
+        let id = self.snapshot_id(spec)?;
+        Ok((id, self.read_snapshot(&id)?))
     }
 
     /// Checks that the index files a snapshot's backup wrote are present or

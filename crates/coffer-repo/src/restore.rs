@@ -63,6 +63,10 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Files that failed, with why (none were left in place).
     pub failures: Vec<String>,
+    /// How many of `failures` were integrity failures (stored data that
+    /// failed authentication or is missing); the others failed on the
+    /// local disk or the storage.
+    pub integrity_failures: u64,
 }
 
 /// Chunks planned before they are grouped into jobs and sent: bounds the
@@ -75,7 +79,8 @@ struct FileJob {
     tmp: PathBuf,
     node: Node,
     remaining: AtomicU64,
-    error: Mutex<Option<String>>,
+    /// Why it failed, and whether that was an integrity failure.
+    error: Mutex<Option<(String, bool)>>,
 }
 
 impl FileJob {
@@ -83,7 +88,7 @@ impl FileJob {
         self.error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(e.to_string());
+            .get_or_insert((e.to_string(), is_integrity(e)));
     }
 
     fn failed(&self) -> bool {
@@ -91,6 +96,22 @@ impl FileJob {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
+    }
+}
+
+/// Whether `e` says that stored data failed authentication or is missing,
+/// rather than that the local disk or the storage failed.
+fn is_integrity(e: &RepoError) -> bool {
+    match e {
+        RepoError::Local { .. } => false,
+        // A missing or truncated object is damage; the storage failing
+        // (unreachable, refusing, out of space) is not.
+        RepoError::Storage(s) => matches!(
+            s,
+            coffer_storage::StorageError::NotFound { .. }
+                | coffer_storage::StorageError::ShortRead { .. }
+        ),
+        _ => true,
     }
 }
 
@@ -129,6 +150,7 @@ impl Shared {
                         Progress::add(&progress.files, 1);
                     }
                     Err(e) => {
+                        // A local failure (a directory where the file goes).
                         let _ = fs::remove_file(&job.tmp);
                         self.summary()
                             .failures
@@ -136,11 +158,15 @@ impl Shared {
                     }
                 }
             }
-            Some(e) => {
+            Some((e, integrity)) => {
                 let _ = fs::remove_file(&job.tmp);
-                self.summary()
+                let mut summary = self.summary();
+                summary
                     .failures
                     .push(format!("{}: {e}", job.path.display()));
+                if integrity {
+                    summary.integrity_failures += 1;
+                }
             }
         }
     }
@@ -248,6 +274,11 @@ pub fn restore(
     progress: &Progress,
 ) -> Result<RestoreSummary> {
     repo.check_snapshot_index(snap_id, snap)?;
+    tracing::info!(
+        snapshot = %snap_id.to_hex(),
+        target = %target.display(),
+        "restoring"
+    );
     fs::create_dir_all(target).map_err(|e| RepoError::local(target, e))?;
     let root = repo.read_tree(&snap.tree)?;
 

@@ -307,8 +307,17 @@ pub fn snapshot_database_to(src: &Path, dest: &Path) -> Result<()> {
         path: src.to_path_buf(),
         detail,
     };
+    if src.is_dir() {
+        return Err(err(
+            "it is a directory, not a SQLite database file (directories are backed up as paths)"
+                .into(),
+        ));
+    }
     if !src.is_file() {
-        return Err(err("no such file".into()));
+        return Err(err(match std::fs::metadata(src) {
+            Err(e) => e.to_string(),
+            Ok(_) => "not a regular file, so not a SQLite database".into(),
+        }));
     }
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir).map_err(|e| RepoError::local(dir, e))?;

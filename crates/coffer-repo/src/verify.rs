@@ -102,8 +102,15 @@ pub fn verify(
     let seen = repo.cache().scratch_set()?;
     let mut trees = 0u64;
     let mut data = 0u64;
-    let snapshots = match repo.snapshots() {
-        Ok(v) => v,
+    // A damaged snapshot is a problem; the others are still checked.
+    let snapshots = match repo.readable_snapshots() {
+        Ok((v, damaged)) => {
+            for (id, e) in damaged {
+                s.snapshots += 1;
+                s.errors.push(format!("snapshot {}: {e}", id.short()));
+            }
+            v
+        }
         Err(e) => {
             s.errors.push(e.to_string());
             Vec::new()

@@ -305,5 +305,13 @@ fn a_file_that_is_not_a_database_is_an_error() {
         sqlite::start_capture(&dir.path().join("missing.db"), &dir.path().join("s.db"));
     let err = ready.recv().unwrap().unwrap_err().to_string();
     thread.join().unwrap();
-    assert!(err.contains("no such file"), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+
+    let (ready, thread) = sqlite::start_capture(dir.path(), &dir.path().join("s.db"));
+    let err = ready.recv().unwrap().unwrap_err().to_string();
+    thread.join().unwrap();
+    assert!(
+        err.contains("it is a directory, not a SQLite database"),
+        "{err}"
+    );
 }
