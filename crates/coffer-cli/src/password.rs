@@ -142,18 +142,46 @@ fn given_realm(args: &Args) -> anyhow::Result<Option<RealmDescriptor>> {
     Ok(Some(realm))
 }
 
-/// The vault client for a repository: the realm its config names, checked
-/// against --vault when given (whose address then wins: realms move).
-fn vault_for(args: &Args, info: &RepoInfo) -> anyhow::Result<VaultClient> {
+/// The vault client for a repository: the realm given with --vault /
+/// COFFER_VAULT, checked against the one the repository's config pins.
+///
+/// The pinned descriptor alone is used only when the config is authenticated:
+/// the config is read before `K` is known and its MAC needs `K`, so without
+/// a key in this device's cache a storage provider (or anyone who can write
+/// the repository) chooses what the config says, and a descriptor taken from
+/// it would choose where `Authorization: Bearer <token>` goes (and the realm
+/// key and KSF the client trusts). So without a cached key the user names
+/// the realm; with one, the config is opened with it (key check and MAC
+/// verified) and its descriptor is exactly what the key's holder wrote at
+/// `init` (the `key` commands, which always talk to the vault, then need no
+/// --vault on a device that caches the key).
+fn vault_for(args: &Args, location: &str, info: &RepoInfo) -> anyhow::Result<VaultClient> {
+    let given = given_realm(args)?;
     let pinned = info
         .realm()
         .context("the realm descriptor in the repository's config is unusable")?;
-    let realm = match (pinned, given_realm(args)?) {
+    let realm = match (pinned, given) {
         (Some(pinned), Some(given)) => {
+            // Realms move: the given addresses win, the realm must match.
             pinned.check_same_realm(&given)?;
             given
         }
-        (Some(pinned), None) => pinned,
+        (Some(_), None) => {
+            let cache = keycache::default_cache()?;
+            let authenticated = Coffer::inspect_authenticated(location, cache.as_ref())?;
+            match authenticated.map(|i| i.realm()).transpose()? {
+                Some(Some(realm)) => realm,
+                // The authenticated config is in recovery-key mode (it changed
+                // since `info` was read): nothing to ask.
+                Some(None) => {
+                    return Err(AccessError::NotPasswordMode {
+                        location: location.to_string(),
+                    }
+                    .into())
+                }
+                None => return Err(anyhow!(UsageError(UNAUTHENTICATED_REALM.into()))),
+            }
+        }
         (None, Some(given)) => given,
         (None, None) => {
             return Err(anyhow!(UsageError(
@@ -163,6 +191,12 @@ fn vault_for(args: &Args, info: &RepoInfo) -> anyhow::Result<VaultClient> {
     };
     Ok(VaultClient::new(realm, token()?)?)
 }
+
+/// Why the repository's own realm descriptor is not used to ask the vault.
+const UNAUTHENTICATED_REALM: &str = "no key for this repository is cached on this device, so the vault's \
+realm descriptor must come from you: the copy in the repository's config cannot be checked before the key \
+is known, and whoever controls the storage could point it (and your vault token) elsewhere. Pass the realm \
+descriptor your vault operator gave you with --vault <realm.json> or set COFFER_VAULT";
 
 fn require_password_mode(location: &str, info: &RepoInfo) -> anyhow::Result<()> {
     if info.is_password_mode() {
@@ -209,7 +243,7 @@ pub fn init(args: &Args, location: &str, max_attempts: Option<u8>) -> anyhow::Re
     let cache = keycache::default_cache()?;
     let id = Coffer::init_with_vault(location, &vault, &password, max, cache.as_ref())?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "repo_id": hex::encode(id),
@@ -219,16 +253,16 @@ pub fn init(args: &Args, location: &str, max_attempts: Option<u8>) -> anyhow::Re
             })
         );
     } else {
-        println!(
+        outln!(
             "Created repository {} at {location} in password mode.\n",
             hex_short(&id)
         );
-        println!(
+        outln!(
             "Its key is in the vault (realm {}) behind your password: {max} wrong passwords in a row erase it for good.",
             hex::encode(&realm_id[..4])
         );
-        println!("This device keeps a copy in its key cache, so backups here need no password.");
-        println!("On a new device, the password (and a vault token) restores everything.");
+        outln!("This device keeps a copy in its key cache, so backups here need no password.");
+        outln!("On a new device, the password (and a vault token) restores everything.");
     }
     Ok(EXIT_OK)
 }
@@ -245,7 +279,7 @@ pub fn open(args: &Args, location: &str, info: &RepoInfo) -> anyhow::Result<Coff
         }
         return Ok(c);
     }
-    let vault = vault_for(args, info)?;
+    let vault = vault_for(args, location, info)?;
     let password = password(args)?;
     Ok(Coffer::open_with_vault(
         location,
@@ -262,7 +296,7 @@ pub fn key_command(args: &Args, cmd: &KeyCommand) -> anyhow::Result<u8> {
     match cmd {
         KeyCommand::Passwd { new_password_file } => {
             require_password_mode(&location, &info)?;
-            let vault = vault_for(args, &info)?;
+            let vault = vault_for(args, &location, &info)?;
             let old = PasswordSource {
                 env: "COFFER_PASSWORD",
                 file: args.password_file.as_deref(),
@@ -281,9 +315,9 @@ pub fn key_command(args: &Args, cmd: &KeyCommand) -> anyhow::Result<u8> {
             .read()?;
             Coffer::change_password(&location, &vault, &old, &new)?;
             if args.json {
-                println!("{}", json!({ "password_changed": true }));
+                outln!("{}", json!({ "password_changed": true }));
             } else {
-                println!("Password changed. The key and the backups are unchanged: nothing was re-uploaded.");
+                outln!("Password changed. The key and the backups are unchanged: nothing was re-uploaded.");
             }
             Ok(EXIT_OK)
         }
@@ -296,9 +330,20 @@ pub fn key_command(args: &Args, cmd: &KeyCommand) -> anyhow::Result<u8> {
             if !info.is_password_mode() && args.vault.is_none() {
                 require_password_mode(&location, &info)?;
             }
-            let vault = vault_for(args, &info)?;
+            let vault = vault_for(args, &location, &info)?;
             let password = password(args)?;
             let cache = keycache::default_cache()?;
+            if !args.json {
+                // The key is shown once, after the switch: a closed stdout
+                // must stop us before it, not lose the key after it.
+                outln!(
+                    "Switching repository {} to recovery-key mode…",
+                    hex_short(&info.repo_id)
+                );
+                if crate::output::stdout_gone() {
+                    return Err(anyhow!("stdout is closed, so the recovery key could not be shown: nothing was changed"));
+                }
+            }
             let sw = Coffer::switch_to_recovery_key(&location, &vault, &password, cache.as_ref())?;
             let erased = sw.vault_erase.is_ok();
             if args.json {
@@ -309,23 +354,23 @@ pub fn key_command(args: &Args, cmd: &KeyCommand) -> anyhow::Result<u8> {
                 if let Err(e) = &sw.vault_erase {
                     v["vault_error"] = json!(e.to_string());
                 }
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!("Repository {} is in recovery-key mode now (same key: nothing was re-uploaded).\n", hex_short(&info.repo_id));
-                println!(
+                outln!("Repository {} is in recovery-key mode now (same key: nothing was re-uploaded).\n", hex_short(&info.repo_id));
+                outln!(
                     "Your recovery key (shown only this once; write it down and keep it safe):\n"
                 );
-                println!("    {}\n", sw.recovery_key.expose_secret());
-                println!("Anyone with this key can read these backups. Without it nobody can, not even you.");
+                outln!("    {}\n", sw.recovery_key.expose_secret());
+                outln!("Anyone with this key can read these backups. Without it nobody can, not even you.");
                 if erased {
-                    println!("The vault's copy of the key is erased; the password no longer opens anything.");
+                    outln!("The vault's copy of the key is erased; the password no longer opens anything.");
                 }
             }
             match sw.vault_erase {
                 Ok(()) => Ok(EXIT_OK),
                 Err(e) => {
-                    eprintln!("error: the vault's copy of the key could not be erased: {e}");
-                    eprintln!("The repository is in recovery-key mode; to erase the vault's copy, run `coffer key disable --to-recovery-key --vault <realm.json>` again.");
+                    errln!("error: the vault's copy of the key could not be erased: {e}");
+                    errln!("The repository is in recovery-key mode; to erase the vault's copy, run `coffer key disable --to-recovery-key --vault <realm.json>` again.");
                     Ok(EXIT_OTHER)
                 }
             }
@@ -337,14 +382,14 @@ pub fn key_command(args: &Args, cmd: &KeyCommand) -> anyhow::Result<u8> {
                 )));
             }
             require_password_mode(&location, &info)?;
-            let vault = vault_for(args, &info)?;
+            let vault = vault_for(args, &location, &info)?;
             let password = password(args)?;
             let cache = keycache::default_cache()?;
             Coffer::erase_vault_key(&location, &vault, &password, cache.as_ref())?;
             if args.json {
-                println!("{}", json!({ "erased": true }));
+                outln!("{}", json!({ "erased": true }));
             } else {
-                println!(
+                outln!(
                     "The key of repository {} is erased from the vault and from this device: nobody can read these backups any more.",
                     hex_short(&info.repo_id)
                 );
@@ -356,14 +401,14 @@ pub fn key_command(args: &Args, cmd: &KeyCommand) -> anyhow::Result<u8> {
             let place = cache.describe(&info.repo_id);
             let removed = cache.forget(&info.repo_id)?;
             if args.json {
-                println!("{}", json!({ "forgotten": removed, "path": place }));
+                outln!("{}", json!({ "forgotten": removed, "path": place }));
             } else if removed {
-                println!(
+                outln!(
                     "Dropped this device's cached key of repository {} ({place}); the next command asks the vault, with the password.",
                     hex_short(&info.repo_id)
                 );
             } else {
-                println!(
+                outln!(
                     "No key of repository {} is cached on this device.",
                     hex_short(&info.repo_id)
                 );

@@ -151,7 +151,8 @@ impl User {
     }
 
     /// `coffer args` on `device`, with `password` in COFFER_PASSWORD (if
-    /// any), the token, no terminal, nothing inherited.
+    /// any), the token, the realm descriptor in COFFER_VAULT (as an app ships
+    /// it), no terminal, nothing else inherited.
     fn command(&self, device: &str, password: Option<&str>, args: &[&str]) -> Command {
         let mut c = self.cli.command(args);
         c.env("XDG_DATA_HOME", self.cli.path(device))
@@ -162,7 +163,7 @@ impl User {
             .env("COFFER_VAULT_TOKEN", &self.token)
             .env_remove("COFFER_PASSWORD")
             .env_remove("COFFER_NEW_PASSWORD")
-            .env_remove("COFFER_VAULT")
+            .env("COFFER_VAULT", &self.realm)
             .env_remove("COFFER_RECOVERY_KEY")
             .stdin(Stdio::null());
         if let Some(p) = password {
@@ -343,7 +344,10 @@ fn password_mode_from_init_to_recovery_key() {
         Some("correct horse"),
         &["key", "passwd", "--json"],
     );
-    c.env("COFFER_NEW_PASSWORD", "battery staple");
+    // This device caches K: the realm pinned in the config, authenticated
+    // with it, serves without --vault / COFFER_VAULT.
+    c.env("COFFER_NEW_PASSWORD", "battery staple")
+        .env_remove("COFFER_VAULT");
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout_json(&o)["password_changed"], true);
@@ -504,11 +508,16 @@ fn make_unreadable_realm_pinning_and_rate_limits() {
         2,
         "--yes",
     );
-    let v = carol.ok(
+    // The cached key authenticates the config: its realm serves, no --vault.
+    let mut c = carol.command(
         "device",
         Some("pw-carol"),
-        &["key", "disable", "--make-unreadable", "--yes"],
-    ); // session 2
+        &["key", "disable", "--make-unreadable", "--yes", "--json"],
+    );
+    c.env_remove("COFFER_VAULT");
+    let o = c.output().unwrap(); // session 2
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = stdout_json(&o);
     assert_eq!(v["erased"], true);
     assert!(std::fs::read_dir(carol.keys("device"))
         .unwrap()
@@ -525,4 +534,99 @@ fn make_unreadable_realm_pinning_and_rate_limits() {
     assert!(v["retry_after_ms"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["scope"], "user", "{v}");
     drop(vault);
+}
+
+/// A listener standing for a host the storage provider chose: it must never
+/// be connected to.
+struct Trap(std::net::TcpListener);
+
+impl Trap {
+    fn new() -> Self {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        Self(l)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.0.local_addr().unwrap())
+    }
+
+    fn assert_untouched(&self) {
+        match self.0.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok((_, from)) => panic!("the client connected to the storage's address (from {from})"),
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_realm_pinned_by_the_storage_is_not_trusted_before_the_key() {
+    let vault = Vault::start(&[]);
+    let dave = User::new(&vault, "dave");
+    dave.init("pw-dave");
+
+    // The storage rewrites the config: the same repository and realm keys,
+    // but the vault's address is its own. It cannot MAC the result (no K).
+    let trap = Trap::new();
+    let mut realm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vault.realm()).unwrap()).unwrap();
+    realm["address"] = trap.url().into();
+    let config_path = dave.cli.local_repo().join("config");
+    let mut body =
+        coffer_repo::format::config::peek_config(&std::fs::read(&config_path).unwrap()).unwrap();
+    body.key_mode = coffer_repo::format::config::KeyMode::Vault {
+        realm: realm.to_string(),
+    };
+    let forger = coffer_crypto::RepoKeys::derive(
+        &coffer_crypto::BackupKey::generate().unwrap(),
+        &body.repo_id,
+    );
+    std::fs::write(
+        &config_path,
+        coffer_repo::format::config::encode_config(&forger, &body),
+    )
+    .unwrap();
+
+    // A new device (empty key cache), no --vault / COFFER_VAULT: refused,
+    // exit 2, saying why and what to pass, before any request is sent.
+    for args in [
+        &["snapshots"][..],
+        &["restore", "latest", "--target", "/nonexistent"],
+        &["key", "passwd"],
+        &["key", "disable", "--make-unreadable", "--yes"],
+        &["key", "disable", "--to-recovery-key"],
+    ] {
+        let mut c = dave.command("phone", Some("pw-dave"), args);
+        c.env("COFFER_NEW_PASSWORD", "new")
+            .env_remove("COFFER_VAULT");
+        let o = c.output().unwrap();
+        assert_fails(&o, 2, "--vault <realm.json> or set COFFER_VAULT");
+        assert_fails(&o, 2, "cannot be checked before the key");
+        trap.assert_untouched();
+    }
+    assert!(
+        !dave.keys("phone").exists()
+            || std::fs::read_dir(dave.keys("phone"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+
+    // With the descriptor given, its address wins: the real vault releases
+    // K, which shows the config was altered.
+    let o = dave.run("phone", Some("pw-dave"), &["snapshots"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("MAC"), "{}", stderr(&o));
+    trap.assert_untouched();
+
+    // The device that caches K authenticates the config with it before
+    // using its realm: the forgery is refused there too.
+    let mut c = dave.command("device", Some("pw-dave"), &["key", "passwd"]);
+    c.env("COFFER_NEW_PASSWORD", "new")
+        .env_remove("COFFER_VAULT");
+    let o = c.output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("MAC"), "{}", stderr(&o));
+    trap.assert_untouched();
 }

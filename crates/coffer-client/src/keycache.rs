@@ -170,12 +170,25 @@ impl FileKeyCache {
     }
 }
 
+/// Most bytes a key cache file may hold.
+const MAX_FILE: usize = 4096;
+
 fn encode(repo_id: &[u8; 16], k: &BackupKey) -> Zeroizing<String> {
-    Zeroizing::new(format!(
-        "{MAGIC}\nrepo {}\nkey {}\n",
-        hex::encode(repo_id),
-        hex::encode(k.expose_secret())
-    ))
+    // The key's hex goes straight into a buffer sized for the whole text, so
+    // no unwiped copy (a temporary String, a reallocation) is left behind.
+    let mut key_hex = Zeroizing::new([0u8; 64]);
+    let mut out = Zeroizing::new(String::with_capacity(MAGIC.len() + 6 + 32 + 5 + 64 + 2));
+    if hex::encode_to_slice(k.expose_secret(), &mut key_hex[..]).is_ok() {
+        if let Ok(key_hex) = std::str::from_utf8(&key_hex[..]) {
+            out.push_str(MAGIC);
+            out.push_str("\nrepo ");
+            out.push_str(&hex::encode(repo_id));
+            out.push_str("\nkey ");
+            out.push_str(key_hex);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn decode(path: &Path, repo_id: &[u8; 16], text: &str) -> Result<BackupKey, KeyCacheError> {
@@ -232,14 +245,19 @@ impl KeyCache for FileKeyCache {
                 want: 0o600,
             });
         }
-        if meta.len() > 4096 {
+        if meta.len() > MAX_FILE as u64 {
             return Err(KeyCacheError::Corrupt {
                 path,
                 detail: "too large",
             });
         }
-        let mut text = Zeroizing::new(String::new());
-        f.read_to_string(&mut text).map_err(|e| io(&path, e))?;
+        // Sized beforehand, and the read bounded, so that the buffer holding
+        // the key never reallocates (leaving an unwiped copy behind).
+        let mut text = Zeroizing::new(String::with_capacity(MAX_FILE + 1));
+        (&mut f)
+            .take(MAX_FILE as u64)
+            .read_to_string(&mut text)
+            .map_err(|e| io(&path, e))?;
         decode(&path, repo_id, &text).map(Some)
     }
 

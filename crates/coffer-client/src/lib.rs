@@ -317,6 +317,33 @@ impl Coffer {
         })
     }
 
+    /// Reads the repository's config and authenticates it with the key
+    /// cached on this device (key check and MAC): `Some` when a key is cached
+    /// and opens the config, so that everything in it, the realm descriptor
+    /// included, is as the key's holder wrote it; `None` when no key is cached
+    /// (what [`Coffer::inspect`] returns is then unauthenticated).
+    pub fn inspect_authenticated(
+        location: &str,
+        cache: &dyn KeyCache,
+    ) -> Result<Option<RepoInfo>, AccessError> {
+        let (_, bytes) = read_config(location)?;
+        let body = peek_config(&bytes)?;
+        let Some(k) = cache.load(&body.repo_id)? else {
+            return Ok(None);
+        };
+        match open_config(&bytes, &k, location) {
+            Ok((body, _)) => Ok(Some(RepoInfo {
+                repo_id: body.repo_id,
+                key_mode: body.key_mode,
+            })),
+            Err(RepoError::WrongKey { .. }) => Err(AccessError::StaleCachedKey {
+                location: location.to_string(),
+                cache: cache.describe(&body.repo_id),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Creates a repository in password mode: generates `K`, registers it in
     /// the vault under `password` with a guess limit of `max_attempts` (first,
     /// so no repository exists whose key is nowhere), creates the repository
@@ -342,7 +369,7 @@ impl Coffer {
             Err(e) => return Err(RepoError::from(e).into()),
         }
         let k = BackupKey::generate().map_err(RepoError::from)?;
-        vault.register(password, &k, max_attempts, false)?;
+        vault.register(password, &k, max_attempts)?;
         let realm =
             serde_json::to_string(vault.realm()).map_err(|e| RealmError::Invalid(e.to_string()))?;
         let opts = coffer_repo::InitOptions {

@@ -18,7 +18,7 @@
 //! let realm = RealmDescriptor::from_json(&std::fs::read_to_string("realm.json")?)?;
 //! let vault = VaultClient::new(realm, std::env::var("COFFER_VAULT_TOKEN")?)?;
 //! let k = coffer_client::BackupKey::generate()?;
-//! vault.register(&Password::from("correct horse"), &k, 10, false)?;
+//! vault.register(&Password::from("correct horse"), &k, 10)?;
 //! let again = vault.fetch_key(&Password::from("correct horse"))?;
 //! assert_eq!(again.expose_secret(), k.expose_secret());
 //! # Ok(()) }
@@ -119,7 +119,7 @@ pub enum VaultError {
     /// passwords, so nothing tells these apart.
     #[error("the vault has no key for this user: it was erased after too many wrong passwords, disabled, or never registered")]
     NotRegistered,
-    /// A key is already registered for this user (and `replace` was not set).
+    /// A key is already registered for this user.
     #[error("the vault already holds a key for this user; registering another would destroy it (a vault user holds one key)")]
     AlreadyRegistered,
     /// The vault's host throttles this user or tenant; retry after the delay.
@@ -416,14 +416,16 @@ impl VaultClient {
     }
 
     /// Registers `k` under `password` with a guess limit of `max_attempts`;
-    /// returns the limit in force. `replace` overwrites an existing
-    /// registration of this user, destroying the key it held.
+    /// returns the limit in force. A user with a live registration gets
+    /// [`VaultError::AlreadyRegistered`]: overwriting it would destroy the
+    /// key it holds, so the vault allows that only after a correct login
+    /// ([`LoggedIn::change_password`], or [`VaultClient::delete`] and then
+    /// `register`).
     pub fn register(
         &self,
         password: &Password,
         k: &BackupKey,
         max_attempts: u8,
-        replace: bool,
     ) -> Result<u8, VaultError> {
         if max_attempts == 0 || max_attempts > self.realm.max_attempts_limit {
             return Err(VaultError::Policy {
@@ -433,7 +435,7 @@ impl VaultClient {
         }
         self.retry_on_skew(|| {
             let (reg, req) =
-                Registration::start(&mut OsRng, password.bytes(), max_attempts, replace)?;
+                Registration::start(&mut OsRng, password.bytes(), max_attempts, false)?;
             let (mut session, resp) = self.open(&req)?;
             let upload = reg.finish(
                 &mut OsRng,
@@ -546,7 +548,9 @@ impl VaultClient {
             let reply = match self.post(node, "open", &frame, true) {
                 Ok(reply) => reply,
                 Err(f) if f.try_next(spends_attempt) => {
-                    tracing::warn!(node = %self.nodes[node], error = %f.error, "vault node failed; trying the next one");
+                    if tried + 1 < order.len() {
+                        tracing::warn!(node = %self.nodes[node], error = %f.error, "vault node failed; trying the next one");
+                    }
                     failed.push((node, f));
                     continue;
                 }
@@ -868,9 +872,7 @@ mod tests {
     fn policy_is_checked_before_any_network() {
         let c = VaultClient::new(realm("http://127.0.0.1:1"), "t".into()).unwrap();
         let k = BackupKey::from_bytes([1; 32]);
-        let e = c
-            .register(&Password::from("pw"), &k, 11, false)
-            .unwrap_err();
+        let e = c.register(&Password::from("pw"), &k, 11).unwrap_err();
         assert!(
             matches!(
                 e,

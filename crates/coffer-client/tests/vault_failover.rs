@@ -192,7 +192,7 @@ fn past_a_closed_port_and_a_503_to_a_node_that_serves() {
     let realm = descriptor(&core, &[&dead, &busy_url, &good_url]);
     let vault = client(realm, "alice", NodeOrder::AsListed);
     let (pw, k) = (Password::from("pw"), BackupKey::from_bytes([5; 32]));
-    assert_eq!(vault.register(&pw, &k, 5, false).unwrap(), 5);
+    assert_eq!(vault.register(&pw, &k, 5).unwrap(), 5);
     assert_eq!(vault.fetch_key(&pw).unwrap().expose_secret(), &[5; 32]);
     // A session of several frames (login, register, upload) stays on the
     // node that opened it.
@@ -219,7 +219,7 @@ fn every_frame_of_a_session_goes_to_the_node_that_opened_it() {
     let vault = client(realm, "bob", NodeOrder::Random);
     let pw = Password::from("pw");
     vault
-        .register(&pw, &BackupKey::from_bytes([6; 32]), 10, false)
+        .register(&pw, &BackupKey::from_bytes([6; 32]), 10)
         .unwrap();
     for _ in 0..24 {
         let s = vault.login(&pw).unwrap();
@@ -245,7 +245,7 @@ fn as_listed_keeps_to_the_first_node_while_it_serves() {
     );
     let pw = Password::from("pw");
     vault
-        .register(&pw, &BackupKey::from_bytes([7; 32]), 10, false)
+        .register(&pw, &BackupKey::from_bytes([7; 32]), 10)
         .unwrap();
     vault.fetch_key(&pw).unwrap();
     assert!(a.opens.load(Ordering::SeqCst) > 0);
@@ -303,7 +303,7 @@ fn a_login_is_not_resent_after_a_node_may_have_taken_it() {
     );
     let pw = Password::from("pw");
     vault
-        .register(&pw, &BackupKey::from_bytes([8; 32]), 10, false)
+        .register(&pw, &BackupKey::from_bytes([8; 32]), 10)
         .unwrap();
     let opens = good.opens.load(Ordering::SeqCst);
     assert!(opens > 0);
@@ -444,7 +444,7 @@ fn real_daemon_behind_a_closed_port() {
     let vault = VaultClient::new(v2.clone(), daemon.token("frank"))
         .unwrap()
         .with_node_order(NodeOrder::AsListed);
-    assert_eq!(vault.register(&pw, &k, 5, false).unwrap(), 5);
+    assert_eq!(vault.register(&pw, &k, 5).unwrap(), 5);
     assert_eq!(vault.fetch_key(&pw).unwrap().expose_secret(), &[0x42; 32]);
     let e = vault.fetch_key(&Password::from("wrong")).unwrap_err();
     assert_eq!(e.attempts_remaining(), Some(4), "{e}");

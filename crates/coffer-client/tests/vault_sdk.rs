@@ -148,7 +148,7 @@ fn register_fetch_change_delete_through_clock_skew() {
     let k = BackupKey::from_bytes([0x42; 32]);
     let pw = Password::from("correct horse");
     assert_eq!(vault.clock_offset_ms(), 0);
-    assert_eq!(vault.register(&pw, &k, 5, false).unwrap(), 5);
+    assert_eq!(vault.register(&pw, &k, 5).unwrap(), 5);
     // The core's clock is weeks ahead: the first open was refused, the retry
     // with the learnt offset went through.
     let now_ms = std::time::SystemTime::now()
@@ -162,7 +162,7 @@ fn register_fetch_change_delete_through_clock_skew() {
         vault.clock_offset_ms()
     );
     // One user, one key: a second registration is refused unless replacing.
-    let e = vault.register(&pw, &k, 5, false).unwrap_err();
+    let e = vault.register(&pw, &k, 5).unwrap_err();
     assert!(matches!(e, VaultError::AlreadyRegistered), "{e}");
     assert_eq!(vault.fetch_key(&pw).unwrap().expose_secret(), &[0x42; 32]);
 
@@ -213,7 +213,7 @@ fn the_last_wrong_password_erases() {
     let vault = f.client("user:bob");
     let pw = Password::from("pw");
     vault
-        .register(&pw, &BackupKey::from_bytes([1; 32]), 3, false)
+        .register(&pw, &BackupKey::from_bytes([1; 32]), 3)
         .unwrap();
     for left in [2, 1, 0] {
         let e = vault.fetch_key(&Password::from("guess")).unwrap_err();
@@ -263,10 +263,12 @@ fn sdk_init_open_switch_and_key_mismatch() {
     assert_eq!(c.snapshots().unwrap().len(), 1);
     assert!(phone.load(&id).unwrap().is_some());
 
-    // The vault record replaced by another key: the repository is not opened
-    // with it, not cached, not switched, not erased.
+    // The vault record replaced by another key (deleted with the password,
+    // registered anew): the repository is not opened with it, not cached,
+    // not switched, not erased.
+    vault.delete(&pw).unwrap();
     vault
-        .register(&pw, &BackupKey::from_bytes([7; 32]), 10, true)
+        .register(&pw, &BackupKey::from_bytes([7; 32]), 10)
         .unwrap();
     let tablet = f.cache("tablet");
     let e = Coffer::open_with_vault(&loc, &vault, &pw, &tablet)
@@ -283,7 +285,8 @@ fn sdk_init_open_switch_and_key_mismatch() {
     // Put the right key back (with the repository's K from the device cache),
     // then leave password mode.
     let k = device.load(&id).unwrap().unwrap();
-    vault.register(&pw, &k, 10, true).unwrap();
+    vault.delete(&pw).unwrap();
+    vault.register(&pw, &k, 10).unwrap();
     let sw = Coffer::switch_to_recovery_key(&loc, &vault, &pw, &device).unwrap();
     assert!(sw.vault_erase.is_ok());
     assert!(device.load(&id).unwrap().is_none());

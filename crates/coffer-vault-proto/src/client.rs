@@ -10,7 +10,7 @@ use opaque_ke::{
 };
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::hkdf;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::messages::{Request, Response};
 use crate::realm::RealmDescriptor;
@@ -177,7 +177,7 @@ impl Registration {
         let msg = RegistrationResponse::<CofferSuite>::deserialize(bytes)
             .map_err(|_| FlowError::Unexpected("RegistrationResponse does not decode".into()))?;
         let ksf = realm.ksf.argon2()?;
-        let finish = self
+        let mut finish = self
             .state
             .finish(
                 rng,
@@ -188,7 +188,11 @@ impl Registration {
             .map_err(|e| FlowError::Unexpected(format!("OPAQUE registration finish: {e:?}")))?;
         let mut nonce = [0u8; 12];
         rng.fill_bytes(&mut nonce);
-        let wrapped_key = wrap(&finish.export_key, &realm.realm_id, k, nonce)?;
+        let wrapped_key = wrap(&finish.export_key, &realm.realm_id, k, nonce);
+        // opaque-ke 4.0.1's result does not zeroize on drop, and the export
+        // key unwraps K: wipe it now, whether wrapping worked or not.
+        finish.export_key.as_mut_slice().zeroize();
+        let wrapped_key = wrapped_key?;
         let mut upload = Box::new([0u8; 192]);
         upload.copy_from_slice(&finish.message.serialize());
         Ok(Request::RegisterFinish {
@@ -251,8 +255,13 @@ impl Login {
             msg,
             ClientLoginFinishParameters::new(Some(&context), Identifiers::default(), Some(&ksf)),
         ) {
-            Ok(fin) => {
+            Ok(mut fin) => {
                 self.export_key = Some(Zeroizing::new(fin.export_key.to_vec()));
+                // opaque-ke 4.0.1's result does not zeroize on drop: wipe the
+                // export key (kept above, in a Zeroizing copy) and the session
+                // key (unused: the channel has its own keys) right away.
+                fin.export_key.as_mut_slice().zeroize();
+                fin.session_key.as_mut_slice().zeroize();
                 let mut ke3 = Box::new([0u8; 64]);
                 ke3.copy_from_slice(&fin.message.serialize());
                 Ok((Request::LoginFinish { ke3 }, false))

@@ -24,6 +24,30 @@ pub const MAX_NODE_URL_LEN: usize = 1024;
 /// Lowest Argon2id memory a client accepts, whatever a descriptor says (KiB).
 pub const MIN_KSF_MEMORY_KIB: u32 = 19 * 1024;
 
+/// Highest Argon2id memory a client accepts (KiB): 1 GiB.
+///
+/// The KSF runs on the client, at every login and registration, with the
+/// parameters the descriptor names; a descriptor (one a repository's config
+/// carries is unauthenticated before `K` is known) must not be able to make
+/// a phone allocate gigabytes. 1 GiB is 16 times the default and above any
+/// interactive profile (RFC 9106's memory-constrained one is 64 MiB, OWASP's
+/// 19 to 46 MiB); RFC 9106's 2 GiB profile is for servers, not clients.
+pub const MAX_KSF_MEMORY_KIB: u32 = 1024 * 1024;
+
+/// Most Argon2id passes a client accepts. RFC 9106 recommends 1 to 3 and
+/// OWASP 1 to 5; 16 leaves room for a slow-hash policy at low memory.
+pub const MAX_KSF_ITERATIONS: u32 = 16;
+
+/// Most Argon2id lanes a client accepts. Lanes add no cost to an attacker
+/// and this client computes them on one thread; 16 covers any real profile.
+pub const MAX_KSF_PARALLELISM: u32 = 16;
+
+/// Most Argon2id work a client accepts, as memory × passes (KiB): 4 GiB, for
+/// example 1 GiB × 4, 256 MiB × 16 or the default 64 MiB × 3 (192 MiB). Time
+/// grows with this product: 4 GiB is a few seconds on a laptop core and some
+/// tens of seconds on a slow phone, the most a login should ever cost.
+pub const MAX_KSF_WORK_KIB: u64 = 4 * 1024 * 1024;
+
 /// Argon2id parameters of the OPAQUE key-stretching function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KsfParams {
@@ -73,13 +97,44 @@ impl Default for KsfParams {
 }
 
 impl KsfParams {
-    /// The Argon2id instance, after checking the parameters are sane.
+    /// The Argon2id instance, after checking the parameters are sane: not
+    /// too weak ([`MIN_KSF_MEMORY_KIB`]) and not so costly that a descriptor
+    /// could exhaust the client ([`MAX_KSF_MEMORY_KIB`],
+    /// [`MAX_KSF_ITERATIONS`], [`MAX_KSF_PARALLELISM`], [`MAX_KSF_WORK_KIB`]).
+    /// `coffer-vault init` and `realm new` check the same.
     pub fn argon2(&self) -> Result<argon2::Argon2<'static>, RealmError> {
         if self.memory_kib < MIN_KSF_MEMORY_KIB {
             return Err(RealmError::WeakKsf(format!(
                 "Argon2id memory {} KiB is below the client's minimum of {} KiB",
                 self.memory_kib, MIN_KSF_MEMORY_KIB
             )));
+        }
+        let costly = |m: String| Err(RealmError::CostlyKsf(m));
+        if self.memory_kib > MAX_KSF_MEMORY_KIB {
+            return costly(format!(
+                "Argon2id memory {} KiB is above the client's maximum of {MAX_KSF_MEMORY_KIB} KiB (1 GiB)",
+                self.memory_kib
+            ));
+        }
+        if self.iterations > MAX_KSF_ITERATIONS {
+            return costly(format!(
+                "Argon2id passes {} are above the client's maximum of {MAX_KSF_ITERATIONS}",
+                self.iterations
+            ));
+        }
+        if self.parallelism > MAX_KSF_PARALLELISM {
+            return costly(format!(
+                "Argon2id lanes {} are above the client's maximum of {MAX_KSF_PARALLELISM}",
+                self.parallelism
+            ));
+        }
+        let work = u64::from(self.memory_kib) * u64::from(self.iterations);
+        if work > MAX_KSF_WORK_KIB {
+            return costly(format!(
+                "Argon2id memory × passes = {} KiB × {} is above the client's maximum of \
+                 {MAX_KSF_WORK_KIB} KiB (4 GiB, e.g. 1 GiB × 4 or 256 MiB × 16)",
+                self.memory_kib, self.iterations
+            ));
         }
         let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, None)
             .map_err(|e| RealmError::WeakKsf(format!("invalid Argon2id parameters: {e}")))?;
@@ -145,6 +200,9 @@ pub enum RealmError {
     /// KSF too weak to accept.
     #[error("realm descriptor refused: {0}")]
     WeakKsf(String),
+    /// KSF so costly it would exhaust the client.
+    #[error("realm descriptor refused: {0}")]
+    CostlyKsf(String),
     /// A different realm than the one pinned.
     #[error("realm mismatch: {0}")]
     Mismatch(String),
@@ -336,6 +394,15 @@ fn check_nodes(nodes: &[String]) -> Result<(), RealmError> {
     Ok(())
 }
 
+/// Checks `url` can be a vault's address (a format 1 `address` or a format
+/// 2 node): `scheme://host[:port][/path]`, the scheme `http` or `https`, no
+/// credentials, query or fragment. `coffer-vault init` checks its
+/// `--address` with it (a format 1 descriptor read from disk is not checked:
+/// the client refuses what it cannot reach).
+pub fn check_vault_url(url: &str) -> Result<(), RealmError> {
+    check_node_url(url).map_err(|m| RealmError::Invalid(format!("the vault address {url:?} {m}")))
+}
+
 /// Why `url` cannot be a node's URL: `scheme://host[:port][/path]`, the
 /// scheme `http` or `https`.
 fn check_node_url(url: &str) -> Result<(), String> {
@@ -468,6 +535,73 @@ mod tests {
         match RealmDescriptor::from_json(text) {
             Err(RealmError::Invalid(m)) => m,
             other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn ksf(memory_kib: u32, iterations: u32, parallelism: u32) -> KsfParams {
+        KsfParams {
+            memory_kib,
+            iterations,
+            parallelism,
+            ..KsfParams::default()
+        }
+    }
+
+    #[test]
+    fn ksf_bounds_refuse_a_descriptor_that_would_exhaust_the_client() {
+        let costly = |k: KsfParams| match k.argon2() {
+            Err(RealmError::CostlyKsf(m)) => m,
+            other => panic!("expected CostlyKsf for {k:?}, got {:?}", other.map(|_| ())),
+        };
+        // Every bound is inclusive.
+        for ok in [
+            KsfParams::default(),
+            ksf(MIN_KSF_MEMORY_KIB, 1, 1),
+            ksf(MAX_KSF_MEMORY_KIB, 4, 1),
+            ksf(256 * 1024, MAX_KSF_ITERATIONS, MAX_KSF_PARALLELISM),
+        ] {
+            assert!(ok.argon2().is_ok(), "{ok:?}");
+        }
+        assert!(costly(ksf(MAX_KSF_MEMORY_KIB + 1, 1, 1)).contains("above the client's maximum"));
+        assert!(costly(ksf(u32::MAX, 1, 1)).contains("memory"));
+        assert!(costly(ksf(65536, MAX_KSF_ITERATIONS + 1, 1)).contains("passes"));
+        assert!(costly(ksf(65536, u32::MAX, 1)).contains("passes"));
+        assert!(costly(ksf(65536, 3, MAX_KSF_PARALLELISM + 1)).contains("lanes"));
+        assert!(costly(ksf(65536, 3, u32::MAX)).contains("lanes"));
+        assert!(costly(ksf(MAX_KSF_MEMORY_KIB, 5, 1)).contains("memory × passes"));
+        // Too weak stays a separate refusal.
+        assert!(matches!(
+            ksf(MIN_KSF_MEMORY_KIB - 1, 1, 1).argon2(),
+            Err(RealmError::WeakKsf(_))
+        ));
+        // A descriptor naming such a KSF is refused when read, before any use.
+        let huge = V1.replace("\"memory_kib\": 65536", "\"memory_kib\": 4294967295");
+        assert!(matches!(
+            RealmDescriptor::from_json(&huge),
+            Err(RealmError::CostlyKsf(_))
+        ));
+        let passes = V2.replace("\"iterations\": 3", "\"iterations\": 1000000");
+        assert!(matches!(
+            RealmDescriptor::from_json(&passes),
+            Err(RealmError::CostlyKsf(_))
+        ));
+    }
+
+    #[test]
+    fn vault_url_check() {
+        assert_eq!(check_vault_url("https://vault.example:8420/x"), Ok(()));
+        assert_eq!(check_vault_url("http://127.0.0.1:8420"), Ok(()));
+        for bad in [
+            "notaurl",
+            "127.0.0.1:8420",
+            "ftp://a",
+            "http://",
+            "http://a:0",
+        ] {
+            assert!(
+                matches!(check_vault_url(bad), Err(RealmError::Invalid(m)) if m.contains(bad)),
+                "{bad}"
+            );
         }
     }
 

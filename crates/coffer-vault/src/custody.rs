@@ -697,7 +697,13 @@ fn key_template(label: &str) -> Vec<Attribute> {
 }
 
 /// Finds the wrapping key; `None` if absent. Checks that it is a sensitive,
-/// non-extractable AES-256 key allowed to do `needed`.
+/// non-extractable AES-256 token object allowed to do `needed`, and that it
+/// has never left the token in the clear: CKA_ALWAYS_SENSITIVE and
+/// CKA_NEVER_EXTRACTABLE are true only for a key generated sensitive and
+/// non-extractable on the token (an imported key, or one whose flags were
+/// tightened after the fact, may have copies outside it), and CKA_TOKEN for
+/// one that outlives the session (docs/key-custody.md: the key never leaves
+/// the token).
 fn find_key(
     session: &Session,
     args: &CustodyArgs,
@@ -720,6 +726,9 @@ fn find_key(
     let mut types = vec![
         AttributeType::Sensitive,
         AttributeType::Extractable,
+        AttributeType::AlwaysSensitive,
+        AttributeType::NeverExtractable,
+        AttributeType::Token,
         AttributeType::ValueLen,
     ];
     types.extend_from_slice(needed);
@@ -733,6 +742,15 @@ fn find_key(
         match attr {
             Attribute::Sensitive(false) => problems.push("CKA_SENSITIVE is false".to_owned()),
             Attribute::Extractable(true) => problems.push("CKA_EXTRACTABLE is true".to_owned()),
+            Attribute::AlwaysSensitive(false) => problems.push(
+                "CKA_ALWAYS_SENSITIVE is false (the key was not sensitive at some point: it may exist outside the token)".to_owned(),
+            ),
+            Attribute::NeverExtractable(false) => problems.push(
+                "CKA_NEVER_EXTRACTABLE is false (the key was imported or once extractable: it may exist outside the token)".to_owned(),
+            ),
+            Attribute::Token(false) => {
+                problems.push("CKA_TOKEN is false (a session object, not stored on the token)".to_owned())
+            }
             Attribute::ValueLen(len) if usize::from(*len) != MASTER_LEN => {
                 problems.push(format!("{}-bit key, want 256", usize::from(*len) * 8))
             }

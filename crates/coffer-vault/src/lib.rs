@@ -7,6 +7,8 @@
 
 pub mod custody;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod member;
 pub mod metrics;

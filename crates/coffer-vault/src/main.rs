@@ -1,5 +1,6 @@
 //! `coffer-vault`: the key vault daemon.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -166,6 +167,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log redirected to a file stays plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -297,11 +300,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
                 (None, Some(f)) => {
-                    let s = std::fs::read_to_string(&f)?;
-                    let b = hex::decode(s.trim())?;
+                    // The secret's copies are wiped when dropped.
+                    let s = zeroize::Zeroizing::new(std::fs::read_to_string(&f)?);
+                    let b = zeroize::Zeroizing::new(hex::decode(s.trim())?);
                     anyhow::ensure!(b.len() >= 32, "an HS256 secret must be at least 32 bytes");
                     TenantKey::HS256 {
-                        secret: hex::encode(b),
+                        secret: zeroize::Zeroizing::new(hex::encode(&b[..])),
                     }
                 }
                 _ => anyhow::bail!("give --ed25519-public-key or --hs256-secret-file"),

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use coffer_vault_core::{Platform, PlatformError};
 
 /// Bytes per NVRAM slot of a single-node vault (45-byte anchor).
-const SLOT: usize = 128;
+pub(crate) const SLOT: usize = 128;
 /// Bytes per NVRAM slot of a replicated member (NVRAM v2, up to 1,191 bytes).
-const BIG_SLOT: usize = 2048;
+pub(crate) const BIG_SLOT: usize = 2048;
 /// Largest NVRAM content a big slot holds.
 const MAX_DATA: usize = BIG_SLOT - 32 - 14;
 const MAGIC: &[u8; 4] = b"CVNS";
@@ -83,7 +83,20 @@ fn parse_slot(slot: &[u8], size: usize) -> Option<(u64, Vec<u8>)> {
     Some((u64::from_be_bytes(s), slot[14..14 + len].to_vec()))
 }
 
-fn make_slot(seq: u64, data: &[u8], size: usize) -> Vec<u8> {
+/// The valid slot with the higher sequence in an NVRAM file's bytes (the
+/// slot size read from the file's length): `(sequence, contents, slot size)`.
+/// The file is untrusted input (fuzzed through [`crate::fuzzing`]).
+pub(crate) fn newest_slot(bytes: &[u8]) -> Option<(u64, Vec<u8>, usize)> {
+    let size = slot_size(bytes.len());
+    bytes
+        .chunks(size)
+        .take(2)
+        .filter_map(|c| parse_slot(c, size))
+        .max_by_key(|(seq, _)| *seq)
+        .map(|(seq, data)| (seq, data, size))
+}
+
+pub(crate) fn make_slot(seq: u64, data: &[u8], size: usize) -> Vec<u8> {
     let body = size - 32;
     let mut slot = vec![0u8; size];
     slot[..4].copy_from_slice(MAGIC);
@@ -118,14 +131,8 @@ impl Platform for FilePlatform {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.err("read", e)),
         };
-        let size = slot_size(bytes.len());
-        let best = bytes
-            .chunks(size)
-            .take(2)
-            .filter_map(|c| parse_slot(c, size))
-            .max_by_key(|(seq, _)| *seq);
-        match best {
-            Some((seq, data)) => {
+        match newest_slot(&bytes) {
+            Some((seq, data, size)) => {
                 self.seq.set(seq);
                 self.size.set(size);
                 Ok(Some(data))
@@ -181,7 +188,15 @@ impl Platform for FilePlatform {
                 format!("{} bytes do not fit this file's slots", data.len()),
             ));
         }
-        let seq = self.seq.get() + 1;
+        // A file whose sequence is at u64::MAX cannot advance: wrapping to 0
+        // would make the next read prefer the old slot (NVRAM silently stuck).
+        let seq = self.seq.get().checked_add(1).ok_or_else(|| {
+            self.err(
+                "write",
+                "the sequence number is at its maximum (2^64 - 1) and cannot advance; \
+                 the file is damaged or was tampered with",
+            )
+        })?;
         let slot = make_slot(seq, data, size);
         let offset = (seq % 2) * size as u64;
         let f = self
@@ -231,5 +246,30 @@ mod tests {
         );
         std::fs::write(&path, [0u8; 256]).unwrap();
         assert!(FilePlatform::new(&path).nvram_read().is_err());
+    }
+
+    #[test]
+    fn a_sequence_at_its_maximum_is_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nv");
+        let mut file = make_slot(u64::MAX - 1, b"old", SLOT);
+        file.extend(make_slot(u64::MAX, b"last", SLOT));
+        std::fs::write(&path, &file).unwrap();
+        let mut p = FilePlatform::new(&path);
+        assert_eq!(p.nvram_read().unwrap(), Some(b"last".to_vec()));
+        let e = p.nvram_write(b"next").unwrap_err();
+        assert!(e.0.contains("cannot advance"), "{e:?}");
+        // Nothing written: the file still reads as before.
+        assert_eq!(std::fs::read(&path).unwrap(), file);
+        // One below the maximum still advances, to the maximum.
+        let mut file = make_slot(u64::MAX - 1, b"old", SLOT);
+        file.extend(make_slot(3, b"older", SLOT));
+        std::fs::write(&path, &file).unwrap();
+        let mut q = FilePlatform::new(&path);
+        q.nvram_write(b"next").unwrap();
+        assert_eq!(
+            newest_slot(&std::fs::read(&path).unwrap()),
+            Some((u64::MAX, b"next".to_vec(), SLOT))
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::time::SystemTime;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// File holding the tenants.
 pub const TENANTS_FILE: &str = "tenants.json";
@@ -35,9 +36,25 @@ pub enum TenantKey {
     },
     /// HS256 shared secret (hex). Development and single-operator setups.
     HS256 {
-        /// Hex secret.
-        secret: String,
+        /// Hex secret, wiped when dropped.
+        #[serde(with = "zeroizing_string")]
+        secret: Zeroizing<String>,
     },
+}
+
+/// (De)serializes a `Zeroizing<String>` as a plain JSON string (zeroize's
+/// own serde support is not enabled in this workspace).
+mod zeroizing_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use zeroize::Zeroizing;
+
+    pub fn serialize<S: Serializer>(v: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<String>, D::Error> {
+        String::deserialize(d).map(Zeroizing::new)
+    }
 }
 
 impl std::fmt::Debug for TenantKey {
@@ -85,8 +102,8 @@ type KeyMap = HashMap<String, (Algorithm, DecodingKey)>;
 /// The tenants, reloaded from disk when a token does not verify against
 /// them (an unknown tenant, or a key replaced) and the file changed.
 pub struct Tenants {
-    path: PathBuf,
-    state: RwLock<(Option<Stamp>, KeyMap)>,
+    pub(crate) path: PathBuf,
+    pub(crate) state: RwLock<(Option<Stamp>, KeyMap)>,
 }
 
 /// What identifies one version of the tenants file (through symlinks).
@@ -94,7 +111,7 @@ pub struct Tenants {
 /// even when two writes land within one tick of the mtime clock; the
 /// times and length catch an edit made in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     dev: u64,
     ino: u64,
     len: u64,
@@ -103,7 +120,8 @@ struct Stamp {
 }
 
 fn load(path: &Path) -> anyhow::Result<TenantsFile> {
-    match std::fs::read_to_string(path) {
+    // The text holds HS256 secrets: wiped once parsed.
+    match std::fs::read_to_string(path).map(Zeroizing::new) {
         Ok(t) => Ok(serde_json::from_str(&t)
             .map_err(|e| anyhow::anyhow!("{} is not a valid tenants file: {e}", path.display()))?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TenantsFile::default()),
@@ -111,7 +129,7 @@ fn load(path: &Path) -> anyhow::Result<TenantsFile> {
     }
 }
 
-fn decoding(key: &TenantKey) -> anyhow::Result<(Algorithm, DecodingKey)> {
+pub(crate) fn decoding(key: &TenantKey) -> anyhow::Result<(Algorithm, DecodingKey)> {
     Ok(match key {
         TenantKey::EdDSA { public_key } => (
             Algorithm::EdDSA,
@@ -119,7 +137,9 @@ fn decoding(key: &TenantKey) -> anyhow::Result<(Algorithm, DecodingKey)> {
         ),
         TenantKey::HS256 { secret } => (
             Algorithm::HS256,
-            DecodingKey::from_secret(&hex::decode(secret)?),
+            // jsonwebtoken's DecodingKey keeps its own copy, unwiped (it
+            // does not zeroize); the decoded bytes here are.
+            DecodingKey::from_secret(&Zeroizing::new(hex::decode(secret.as_str())?)),
         ),
     })
 }
@@ -207,6 +227,8 @@ impl Tenants {
         v.set_issuer(&[tenant]);
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
         v.leeway = 30;
+        // A token with `nbf` in the future is not valid yet (RFC 7519 §4.1.5).
+        v.validate_nbf = true;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &v)
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
         if data.claims.sub.is_empty() || data.claims.sub.len() > 256 {
@@ -296,7 +318,9 @@ fn write_file(path: &Path, file: &TenantsFile) -> anyhow::Result<()> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(serde_json::to_string_pretty(file)?.as_bytes())?;
+        // The text holds HS256 secrets: wiped once written.
+        let text = Zeroizing::new(serde_json::to_string_pretty(file)?);
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &target)?;
         Ok(())
@@ -326,32 +350,47 @@ pub fn add_tenant(data: &Path, name: &str, key: TenantKey) -> anyhow::Result<()>
 /// Development: a token for (tenant, user), creating the tenant with a random
 /// HS256 secret on first use.
 pub fn dev_token(data: &Path, tenant: &str, user: &str, ttl_secs: u64) -> anyhow::Result<String> {
-    let mut secret = Vec::new();
+    // The rules `verify_with` applies: a token it would refuse is not made.
+    if tenant.is_empty() {
+        anyhow::bail!("the tenant name must not be empty");
+    }
+    if user.is_empty() || user.len() > 256 {
+        anyhow::bail!("the user id must be 1 to 256 bytes ({} given)", user.len());
+    }
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let exp = now
+        .checked_add(ttl_secs)
+        .filter(|e| i64::try_from(*e).is_ok())
+        .ok_or_else(|| anyhow::anyhow!("--ttl-secs {ttl_secs} is too large"))?;
+    let mut secret = Zeroizing::new(Vec::new());
     update(&data.join(TENANTS_FILE), |file| {
         Ok(match file.tenants.get(tenant) {
             Some(TenantKey::HS256 { secret: s }) => {
-                secret = hex::decode(s)?;
+                secret = Zeroizing::new(hex::decode(s.as_str())?);
                 false
             }
             Some(TenantKey::EdDSA { .. }) => anyhow::bail!(
                 "tenant {tenant:?} verifies Ed25519 tokens signed by the app; the vault cannot issue them"
             ),
             None => {
-                let mut s = [0u8; 32];
-                getrandom::fill(&mut s).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-                file.tenants.insert(tenant.to_string(), TenantKey::HS256 { secret: hex::encode(s) });
-                secret = s.to_vec();
+                let mut s = Zeroizing::new([0u8; 32]);
+                getrandom::fill(&mut s[..]).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+                file.tenants.insert(
+                    tenant.to_string(),
+                    TenantKey::HS256 {
+                        secret: Zeroizing::new(hex::encode(&s[..])),
+                    },
+                );
+                secret = Zeroizing::new(s.to_vec());
                 true
             }
         })
     })?;
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(tenant.to_string());
-    let exp = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + ttl_secs;
     let claims = Claims {
         iss: tenant.to_string(),
         sub: user.to_string(),
@@ -413,6 +452,54 @@ mod tests {
     }
 
     #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Creates tenant `app`; then sign tokens with its secret by hand.
+        dev_token(dir.path(), "app", "alice", 60).unwrap();
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(TENANTS_FILE)).unwrap())
+                .unwrap();
+        let secret = hex::decode(file["tenants"]["app"]["secret"].as_str().unwrap()).unwrap();
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let sign = |nbf: u64| {
+            let mut h = Header::new(Algorithm::HS256);
+            h.kid = Some("app".into());
+            let claims = serde_json::json!({
+                "iss": "app", "sub": "alice", "exp": now + 3600, "nbf": nbf,
+            });
+            jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(&secret)).unwrap()
+        };
+        let t = Tenants::open(dir.path()).unwrap();
+        assert!(t.verify(&sign(now - 10)).is_ok());
+        let e = t.verify(&sign(now + 3600)).unwrap_err().to_string();
+        assert!(e.contains("ImmatureSignature"), "{e}");
+    }
+
+    #[test]
+    fn the_dev_token_command_makes_no_token_the_vault_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        for (tenant, user, ttl) in [
+            ("app", "", 60),
+            ("app", &*"u".repeat(257), 60),
+            ("", "alice", 60),
+            ("app", "alice", u64::MAX),
+            ("app", "alice", u64::MAX - 1000),
+        ] {
+            assert!(
+                dev_token(dir.path(), tenant, user, ttl).is_err(),
+                "{tenant:?} {} bytes, ttl {ttl}",
+                user.len()
+            );
+        }
+        let t = Tenants::open(dir.path()).unwrap();
+        let ok = dev_token(dir.path(), "app", &"u".repeat(256), 60).unwrap();
+        assert!(t.verify(&ok).is_ok());
+    }
+
+    #[test]
     fn a_token_minted_through_one_node_verifies_on_another() {
         let (out, node1, node2) = realm_dirs();
         // Opened before the shared file exists (the links dangle).
@@ -448,7 +535,7 @@ mod tests {
             &node1,
             "app",
             TenantKey::HS256 {
-                secret: hex::encode([9u8; 32]),
+                secret: Zeroizing::new(hex::encode([9u8; 32])),
             },
         )
         .unwrap();

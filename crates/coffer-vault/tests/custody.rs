@@ -307,6 +307,43 @@ fn check_key_object(module: &Path, token: &str, key_label: &str) {
     ctx.finalize().unwrap();
 }
 
+/// Imports an AES-256 key from outside the token (C_CreateObject with its
+/// value): sensitive and non-extractable now, but CKA_ALWAYS_SENSITIVE and
+/// CKA_NEVER_EXTRACTABLE false, as for any key that existed outside it.
+fn import_key(module: &Path, token: &str, key_label: &str) {
+    let ctx = Pkcs11::new(module).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    {
+        let slot = ctx
+            .get_slots_with_initialized_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).unwrap().label() == token)
+            .unwrap();
+        let session = ctx.open_rw_session(slot).unwrap();
+        session
+            .login(UserType::User, Some(&AuthPin::from(PIN)))
+            .unwrap();
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Label(key_label.as_bytes().to_vec()),
+                Attribute::Value(vec![0x42; 32]),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ])
+            .unwrap();
+        session.logout().unwrap();
+    }
+    ctx.finalize().unwrap();
+}
+
 #[test]
 fn pkcs11_softhsm() {
     let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -507,6 +544,20 @@ fn pkcs11_softhsm() {
     // The first realm still loads.
     let loaded = load_master(&args, &data).unwrap();
     assert_eq!(loaded.expose_secret(), created.expose_secret());
+
+    // A key that was ever outside the token (imported, CKA_VALUE given) is
+    // refused, though sensitive and non-extractable now: nothing written.
+    import_key(&module, "coffer", "imported-wrap");
+    let mut imported = args.clone();
+    imported.pkcs11_key_label = "imported-wrap".into();
+    let data4 = tmp.path().join("data4");
+    let err = create_master(&imported, &data4).unwrap_err();
+    assert!(matches!(err, CustodyError::KeyPolicy { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("CKA_NEVER_EXTRACTABLE is false"), "{msg}");
+    assert!(msg.contains("CKA_ALWAYS_SENSITIVE is false"), "{msg}");
+    assert!(!msg.contains("CKA_TOKEN"), "{msg}");
+    assert!(!data4.join(PKCS11_BLOB_FILE).exists());
 
     std::env::remove_var("SOFTHSM2_CONF");
 }
