@@ -87,32 +87,39 @@ impl RateLimiter {
     }
 
     /// Takes one token for (tenant, user); `Err((scope, retry_after_ms))` if refused.
+    ///
+    /// The user's bucket is checked first: a request the user's own limit
+    /// refuses spends nothing of the tenant's budget (one user over their
+    /// limit cannot lock the tenant's other users out), and a request the
+    /// tenant's limit refuses gets its user token back.
     pub fn check(&self, tenant: &str, user: &str) -> Result<(), (Scope, u64)> {
         let now = Instant::now();
         let l = self.limits;
-        {
-            let mut t = self.tenants.lock().map_err(|_| (Scope::Tenant, 1000u64))?;
-            let b = t.entry(tenant.to_string()).or_insert(Bucket {
-                tokens: l.tenant_burst,
-                at: now,
-            });
-            b.take(now, l.tenant_per_second, l.tenant_burst)
-                .map_err(|ms| (Scope::Tenant, ms))?;
-        }
         let mut u = self.users.lock().map_err(|_| (Scope::User, 1000u64))?;
         if u.len() >= MAX_TRACKED {
             // Forget users whose bucket has refilled: they lose nothing.
             let full_after = l.user_burst / (l.user_per_minute / 60.0);
             u.retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() < full_after);
         }
-        let b = u
+        let ub = u
             .entry((tenant.to_string(), user.to_string()))
             .or_insert(Bucket {
                 tokens: l.user_burst,
                 at: now,
             });
-        b.take(now, l.user_per_minute / 60.0, l.user_burst)
-            .map_err(|ms| (Scope::User, ms))
+        ub.take(now, l.user_per_minute / 60.0, l.user_burst)
+            .map_err(|ms| (Scope::User, ms))?;
+        // Lock order: users, then tenants (the only place both are held).
+        let mut t = self.tenants.lock().map_err(|_| (Scope::Tenant, 1000u64))?;
+        let tb = t.entry(tenant.to_string()).or_insert(Bucket {
+            tokens: l.tenant_burst,
+            at: now,
+        });
+        if let Err(ms) = tb.take(now, l.tenant_per_second, l.tenant_burst) {
+            ub.tokens = (ub.tokens + 1.0).min(l.user_burst);
+            return Err((Scope::Tenant, ms));
+        }
+        Ok(())
     }
 }
 
@@ -147,5 +154,30 @@ mod tests {
         assert!(r.check("app", "b").is_ok());
         assert_eq!(r.check("app", "c").unwrap_err().0, Scope::Tenant);
         assert!(r.check("other", "c").is_ok());
+    }
+
+    #[test]
+    fn a_user_refused_by_their_own_limit_spends_no_tenant_budget() {
+        let r = RateLimiter::new(Limits {
+            user_per_minute: 1.0,
+            user_burst: 2.0,
+            tenant_per_second: 0.01,
+            tenant_burst: 40.0,
+        });
+        let mut ok = 0;
+        for _ in 0..50 {
+            match r.check("app", "a") {
+                Ok(()) => ok += 1,
+                Err((scope, _)) => assert_eq!(scope, Scope::User),
+            }
+        }
+        assert_eq!(ok, 2);
+        // The tenant spent 2 of 40: 38 other users get in.
+        for i in 0..38 {
+            assert!(r.check("app", &format!("u{i}")).is_ok(), "u{i}");
+        }
+        assert_eq!(r.check("app", "late").unwrap_err().0, Scope::Tenant);
+        // Refused by the tenant: the user's token came back.
+        assert_eq!(r.check("app", "late").unwrap_err().0, Scope::Tenant);
     }
 }

@@ -18,7 +18,7 @@ use coffer_vault_proto::realm::REALM_FORMAT;
 use coffer_vault_proto::{KsfParams, RealmDescriptor};
 
 use crate::custody::{self, CustodyArgs};
-use crate::http::{router, AppState};
+use crate::http::AppState;
 use crate::metrics::Metrics;
 use crate::platform::FilePlatform;
 use crate::ratelimit::{Limits, RateLimiter};
@@ -48,7 +48,12 @@ pub struct InitOptions {
 
 /// Creates a realm; returns its descriptor.
 pub fn init(o: &InitOptions) -> anyhow::Result<RealmDescriptor> {
+    // The bounds clients enforce (too weak, or costly enough to exhaust one):
+    // a realm they would all refuse is refused here.
     o.ksf.argon2().context("the KSF parameters")?;
+    // The check clients make of the address (and `realm new` of its nodes),
+    // so that a realm no client could reach is not created.
+    coffer_vault_proto::realm::check_vault_url(&o.address).context("--address")?;
     if o.max_attempts_limit == 0 {
         bail!("--max-attempts-limit must be at least 1");
     }
@@ -417,17 +422,18 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
 }
 
 fn log_start(group: Option<u8>, state: &StartState) {
-    let g = group.map(|g| g.to_string()).unwrap_or_default();
+    // `group` is recorded only on a replicated node (an Option field is
+    // left out when None).
     match state {
         StartState::Ready => {}
         StartState::RolledForward => tracing::warn!(
-            group = %g,
+            group,
             "the store was ahead of NVRAM (a crash mid-commit); NVRAM rolled forward"
         ),
         StartState::Refusing(why) => {
-            tracing::error!(group = %g, reason = %why, "REFUSING TO SERVE")
+            tracing::error!(group, reason = %why, "REFUSING TO SERVE")
         }
-        StartState::Resyncing(why) => tracing::warn!(group = %g, reason = %why, "resynchronising"),
+        StartState::Resyncing(why) => tracing::warn!(group, reason = %why, "resynchronising"),
     }
 }
 
@@ -532,9 +538,7 @@ async fn listen_and_serve(
         engine = %o.engine,
         "coffer-vault serving"
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    crate::http::serve(listener, state, shutdown()).await?;
     tracing::info!("coffer-vault stopped");
     Ok(())
 }

@@ -339,13 +339,7 @@ fn malformed_oversized_and_replayed_messages_change_nothing() {
             400,
             "bad_frame",
         ),
-        (
-            &send,
-            None,
-            vec![1u8; 499],
-            413,
-            "Failed to buffer the request body: length limit exceeded",
-        ),
+        (&send, None, vec![1u8; 499], 413, "too_large"),
     ];
     for (url, token, body, status, code) in &cases {
         let (s, b) = post(url, *token, body).unwrap();
@@ -503,4 +497,91 @@ fn metrics_health_and_realm_endpoints() {
     assert!(!m.contains("gina"));
     assert!(!v.log_text().contains("gina"));
     assert!(!v.log_text().contains(&c.token));
+    // stderr is a file, not a terminal: plain text, no ANSI colour codes.
+    assert!(!v.log_text().is_empty());
+    assert!(!v.log_text().contains('\x1b'), "{:?}", v.log_text());
+}
+
+#[test]
+fn init_refuses_an_address_or_ksf_no_client_would_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = |name: &str, extra: &[&str]| {
+        let o = std::process::Command::new(common::BIN)
+            .args(["init", "--data"])
+            .arg(dir.path().join(name))
+            .arg("--nvram")
+            .arg(dir.path().join(format!("{name}.nvram")))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let small = ["--ksf-memory-kib", "19456", "--ksf-iterations", "1"];
+    for (name, address, text) in [
+        (
+            "a",
+            "notaurl",
+            "\"notaurl\" is not an http:// or https:// URL",
+        ),
+        ("b", "127.0.0.1:8420", "is not an http:// or https:// URL"),
+        ("c", "http://user@127.0.0.1:8420", "credentials"),
+        ("d", "http://127.0.0.1:99999", "invalid port"),
+    ] {
+        let (ok, err) = init(name, &[&["--address", address][..], &small].concat());
+        assert!(!ok, "{address} accepted");
+        assert!(
+            err.contains("--address") && err.contains(text),
+            "{address}: {err}"
+        );
+        assert!(!dir.path().join(name).exists(), "{address}: data created");
+        assert!(!dir.path().join(format!("{name}.nvram")).exists());
+    }
+    // The KSF bounds clients enforce.
+    for (name, ksf, text) in [
+        (
+            "e",
+            ["--ksf-memory-kib", "4194304", "--ksf-iterations", "1"],
+            "memory",
+        ),
+        (
+            "f",
+            ["--ksf-memory-kib", "65536", "--ksf-iterations", "1000"],
+            "passes",
+        ),
+        (
+            "g",
+            ["--ksf-memory-kib", "1048576", "--ksf-iterations", "8"],
+            "memory × passes",
+        ),
+    ] {
+        let (ok, err) = init(
+            name,
+            &[&["--address", "http://127.0.0.1:8420"][..], &ksf].concat(),
+        );
+        assert!(!ok, "{ksf:?} accepted");
+        assert!(
+            err.contains("above the client's maximum") && err.contains(text),
+            "{err}"
+        );
+        assert!(!dir.path().join(name).exists());
+    }
+    let (ok, err) = init(
+        "h",
+        &[
+            "--address",
+            "http://127.0.0.1:8420",
+            "--ksf-parallelism",
+            "64",
+        ],
+    );
+    assert!(!ok && err.contains("lanes"), "{err}");
+    // Within bounds: created.
+    let (ok, err) = init(
+        "i",
+        &[&["--address", "https://vault.example/coffer"][..], &small].concat(),
+    );
+    assert!(ok, "{err}");
 }
