@@ -636,12 +636,17 @@ fn sigkill_during_prune_many_times(backend: Backend) {
     let backup_time = Duration::from_millis(2 * backup_ms + 100);
     println!("forget --prune takes {prune_time:?}, a backup about {backup_time:?}");
 
+    // The most the packs ever took, sampled after every step that can add
+    // to them: the final prune must leave less. (Sampled only after killed
+    // backups, it could stay below what two kept snapshots need, and a
+    // correct final prune then looked like one that deleted nothing.)
     let mut peak = cli.usage("data/").1;
     let (mut prune_kills, mut prune_done, mut backup_kills) = (0, 0, 0);
     let started = Instant::now();
     for i in 0..iterations {
         if snaps.len() <= KEEP || r.chance(1, 2) {
             backup(&mut r, &mut snaps);
+            peak = peak.max(cli.usage("data/").1);
         }
         if r.chance(1, 3) {
             // A backup killed while uploading: whatever packs it leaves are

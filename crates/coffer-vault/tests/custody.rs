@@ -21,7 +21,7 @@ use coffer_vault::custody::{
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
-use cryptoki::session::UserType;
+use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
 const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -209,7 +209,9 @@ fn init_token(conf: &Path, label: &str) {
 /// Inspects the wrapping key directly through cryptoki: it must be a
 /// sensitive, non-extractable, private token object whose value cannot be
 /// read or wrapped out.
-fn check_key_object(module: &Path, token: &str, key_label: &str) {
+/// Runs `f` in a read-write session (not logged in) on the token labelled
+/// `token`, then finalizes the library.
+fn in_session(module: &Path, token: &str, f: impl FnOnce(&Session)) {
     let ctx = Pkcs11::new(module).unwrap();
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap();
@@ -220,7 +222,13 @@ fn check_key_object(module: &Path, token: &str, key_label: &str) {
             .into_iter()
             .find(|s| ctx.get_token_info(*s).unwrap().label() == token)
             .unwrap();
-        let session = ctx.open_rw_session(slot).unwrap();
+        f(&ctx.open_rw_session(slot).unwrap());
+    }
+    ctx.finalize().unwrap();
+}
+
+fn check_key_object(module: &Path, token: &str, key_label: &str) {
+    in_session(module, token, |session| {
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::AES),
@@ -303,25 +311,14 @@ fn check_key_object(module: &Path, token: &str, key_label: &str) {
         assert!(wrapped.is_err(), "the wrapping key could be wrapped out");
 
         session.logout().unwrap();
-    }
-    ctx.finalize().unwrap();
+    });
 }
 
 /// Imports an AES-256 key from outside the token (C_CreateObject with its
 /// value): sensitive and non-extractable now, but CKA_ALWAYS_SENSITIVE and
 /// CKA_NEVER_EXTRACTABLE false, as for any key that existed outside it.
 fn import_key(module: &Path, token: &str, key_label: &str) {
-    let ctx = Pkcs11::new(module).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
-    {
-        let slot = ctx
-            .get_slots_with_initialized_token()
-            .unwrap()
-            .into_iter()
-            .find(|s| ctx.get_token_info(*s).unwrap().label() == token)
-            .unwrap();
-        let session = ctx.open_rw_session(slot).unwrap();
+    in_session(module, token, |session| {
         session
             .login(UserType::User, Some(&AuthPin::from(PIN)))
             .unwrap();
@@ -340,8 +337,7 @@ fn import_key(module: &Path, token: &str, key_label: &str) {
             ])
             .unwrap();
         session.logout().unwrap();
-    }
-    ctx.finalize().unwrap();
+    });
 }
 
 #[test]
