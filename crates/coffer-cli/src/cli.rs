@@ -448,11 +448,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 databases_only: *db_only,
                 workers: 0,
             };
+            let started = std::time::Instant::now();
             let res = with_progress(output::Kind::Restore, args.json, |p| {
                 coffer.restore(snapshot, target, opts, p)
             });
             let (id, summary) = res?;
-            let json = output::restore_summary(&id, &summary, target, args.json);
+            let json = output::restore_summary(&id, &summary, target, started.elapsed(), args.json);
             if summary.failures.is_empty() {
                 print_summary(json);
                 return Ok(EXIT_OK);
@@ -490,9 +491,10 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 }
             };
             let coffer = open(&args)?;
+            let started = std::time::Instant::now();
             let res = with_progress(output::Kind::Verify, args.json, |p| coffer.verify(pct, p));
             let s = res?;
-            let json = output::verify_summary(&s, args.json);
+            let json = output::verify_summary(&s, started.elapsed(), args.json);
             if s.errors.is_empty() {
                 print_summary(json);
                 return Ok(EXIT_OK);

@@ -172,6 +172,11 @@ fn path_str(p: &[u8]) -> String {
         .to_string()
 }
 
+/// Bytes per second over `took` (at least a millisecond).
+fn per_sec(bytes: u64, took: Duration) -> u64 {
+    (bytes as f64 / took.as_secs_f64().max(0.001)) as u64
+}
+
 /// Prints the summary as text, or with `json` returns it (the caller prints
 /// it, alone or with the error fields added; see [`error`]).
 pub fn backup_summary(o: &BackupOutcome, json: bool) -> Option<serde_json::Value> {
@@ -262,6 +267,7 @@ pub fn restore_summary(
     id: &Id,
     s: &RestoreSummary,
     target: &Path,
+    took: Duration,
     json: bool,
 ) -> Option<serde_json::Value> {
     for f in &s.failures {
@@ -271,14 +277,18 @@ pub fn restore_summary(
         return Some(json!({
             "snapshot_id": id.to_hex(), "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks,
             "bytes": s.bytes, "complete": s.failures.is_empty(), "failures": s.failures,
+            "duration_ms": took.as_millis() as u64,
+            "throughput_bytes_per_sec": per_sec(s.bytes, took),
         }));
     }
     let counts = format!(
-        "{} files, {} directories, {} symlinks, {}",
+        "{} files, {} directories, {} symlinks, {} in {:.2} s ({}/s)",
         s.files,
         s.dirs,
         s.symlinks,
-        human_bytes(s.bytes)
+        human_bytes(s.bytes),
+        took.as_secs_f64(),
+        human_bytes(per_sec(s.bytes, took))
     );
     if s.failures.is_empty() {
         outln!(
@@ -298,21 +308,26 @@ pub fn restore_summary(
 }
 
 /// Prints the summary as text, or with `json` returns it (see [`backup_summary`]).
-pub fn verify_summary(s: &VerifySummary, json: bool) -> Option<serde_json::Value> {
+pub fn verify_summary(s: &VerifySummary, took: Duration, json: bool) -> Option<serde_json::Value> {
     for e in &s.errors {
         errln!("problem: {e}");
     }
     if json {
-        return Some(serde_json::to_value(s).unwrap_or_default());
+        let mut v = serde_json::to_value(s).unwrap_or_default();
+        v["duration_ms"] = json!(took.as_millis() as u64);
+        v["throughput_bytes_per_sec"] = json!(per_sec(s.bytes_read, took));
+        return Some(v);
     }
     outln!(
-        "checked {} snapshots, {} trees, {} data blobs, {} packs; read back {} packs ({})",
+        "checked {} snapshots, {} trees, {} data blobs, {} packs; read back {} packs ({}) in {:.2} s ({}/s)",
         s.snapshots,
         s.trees,
         s.data_blobs,
         s.packs,
         s.packs_read,
-        human_bytes(s.bytes_read)
+        human_bytes(s.bytes_read),
+        took.as_secs_f64(),
+        human_bytes(per_sec(s.bytes_read, took))
     );
     match &s.conditional_writes_reason {
         None if s.conditional_writes => outln!("storage: conditional writes enforced (probed)"),

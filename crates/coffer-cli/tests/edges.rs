@@ -387,3 +387,31 @@ fn one_damaged_snapshot_does_not_stop_the_others() {
     cli.json(&["verify", "--read-data"]);
     cli.json(&["forget", "--keep-last", "1", "--prune"]);
 }
+
+#[test]
+fn verify_names_a_file_once_per_missing_pack_by_its_full_path() {
+    let cli = Cli::init(Path::new(BIN));
+    let src = cli.path("media");
+    std::fs::create_dir_all(&src).unwrap();
+    // Several chunks (1 MiB average), all in the one data pack.
+    std::fs::write(src.join("big.bin"), noise(6 << 20, 9)).unwrap();
+    cli.json(&["backup", s(&src)]);
+    let packs = data_packs(&cli);
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    std::fs::remove_file(&packs[0]).unwrap();
+
+    let o = cli.run(&["verify", "--json"]);
+    assert_eq!(o.status.code(), Some(4), "{:?}", text(&o));
+    let v = one_json(&o);
+    let errors: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let per_file: Vec<&&str> = errors.iter().filter(|e| e.contains("needs pack")).collect();
+    assert_eq!(per_file.len(), 1, "{errors:#?}");
+    let full = src.join("big.bin");
+    assert!(per_file[0].contains(s(&full)), "{errors:#?}");
+    assert!(v["duration_ms"].as_u64().is_some(), "{v}");
+}

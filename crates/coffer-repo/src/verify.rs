@@ -122,8 +122,11 @@ pub fn verify(
             s.errors.push(e.to_string());
             continue;
         }
-        let mut stack = vec![snap.tree];
-        while let Some(t) = stack.pop() {
+        // Trees with the path they were first reached by (for messages).
+        let mut stack = vec![(snap.tree, Vec::new())];
+        // One message per file and missing pack, not one per chunk.
+        let mut reported: HashSet<(Vec<u8>, Option<Id>)> = HashSet::new();
+        while let Some((t, dir)) = stack.pop() {
             if !seen.insert(&t)? {
                 continue;
             }
@@ -136,8 +139,11 @@ pub fn verify(
                 }
             };
             for n in tree.nodes {
+                let mut path = dir.clone();
+                path.push(b'/');
+                path.extend_from_slice(&n.name);
                 match n.kind {
-                    NodeKind::Dir { subtree } => stack.push(subtree),
+                    NodeKind::Dir { subtree } => stack.push((subtree, path)),
                     NodeKind::File { chunks, .. } => {
                         for c in chunks {
                             if !seen.insert(&c)? {
@@ -145,21 +151,26 @@ pub fn verify(
                             }
                             data += 1;
                             match repo.cache().locate(&c)? {
-                                None => s.errors.push(format!(
-                                    "snapshot {}: file {:?} needs blob {} which is in no index",
-                                    sid.short(),
-                                    String::from_utf8_lossy(&n.name),
-                                    c.short()
-                                )),
-                                Some(l) if !listed.contains_key(&pack_name(&l.pack)) => {
+                                None if reported.insert((path.clone(), None)) => {
                                     s.errors.push(format!(
-                                        "snapshot {}: file {:?} needs pack {} which is missing",
+                                        "snapshot {}: file {} needs blob {} which is in no index",
                                         sid.short(),
-                                        String::from_utf8_lossy(&n.name),
+                                        String::from_utf8_lossy(&path),
+                                        c.short()
+                                    ))
+                                }
+                                Some(l)
+                                    if !listed.contains_key(&pack_name(&l.pack))
+                                        && reported.insert((path.clone(), Some(l.pack))) =>
+                                {
+                                    s.errors.push(format!(
+                                        "snapshot {}: file {} needs pack {} which is missing",
+                                        sid.short(),
+                                        String::from_utf8_lossy(&path),
                                         pack_name(&l.pack)
                                     ))
                                 }
-                                Some(_) => {}
+                                _ => {}
                             }
                         }
                     }
