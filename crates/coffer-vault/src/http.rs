@@ -99,17 +99,18 @@ fn core_error(e: CoreError) -> Response {
     }
 }
 
-/// The router, with [`BODY_TIMEOUT`].
+/// The router, with the default [`ServerLimits`].
 pub fn router(state: Arc<AppState>) -> Router {
-    router_with(state, BODY_TIMEOUT)
+    router_with(state, ServerLimits::default())
 }
 
-/// The router; request bodies must arrive within `body_timeout`.
-pub fn router_with(state: Arc<AppState>, body_timeout: Duration) -> Router {
+/// The router; request bodies must arrive within `limits.body_timeout`, and
+/// `/v1/peer` bodies share `limits.peer_budget_kib`.
+pub fn router_with(state: Arc<AppState>, limits: ServerLimits) -> Router {
     let gate_state = Arc::new(Gate {
         app: state.clone(),
-        body_timeout,
-        peer_budget: Arc::new(Semaphore::new(PEER_BODY_BUDGET_KIB)),
+        body_timeout: limits.body_timeout,
+        peer_budget: Arc::new(Semaphore::new(limits.peer_budget_kib)),
     });
     Router::new()
         .route("/v1/open", post(open))
@@ -149,13 +150,19 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// open-file limit); more wait in the kernel's accept queue.
 pub const MAX_CONNECTIONS: usize = 8192;
 const KIB: usize = 1024;
-/// The memory all `/v1/peer` bodies being read or handled at once may hold,
-/// in KiB: two largest messages. Each body takes its declared length (one
-/// without a `Content-Length` takes [`crate::peer::MAX_MESSAGE`]) before
-/// a byte of it is read. A request that cannot get its share
-/// within [`BODY_TIMEOUT`] is answered 503 `unavailable` before its body is
-/// read (the sending node retries).
+/// The memory all `/v1/peer` bodies being read or handled at once may hold
+/// beyond their first [`PEER_FREE_BYTES`], in KiB: twice the largest
+/// message, since a body counts twice its bytes (its buffer grows by
+/// reallocation, and the message is decoded from it). A body takes its share
+/// as its bytes arrive, never waiting: one that finds the budget full is
+/// answered 503 `unavailable` at once (the sending node retries). So a
+/// sender that promises a large body and sends nothing holds nothing, and
+/// small peer messages (heartbeats, votes, most appends) never need it.
 pub const PEER_BODY_BUDGET_KIB: usize = 2 * crate::peer::MAX_MESSAGE / KIB;
+/// The bytes of a `/v1/peer` body that need no share of the budget: small
+/// messages pass even while large ones fill it (bounded per connection, and
+/// connections are capped).
+pub const PEER_FREE_BYTES: usize = 64 * KIB;
 
 /// The server's timeouts and limits ([`serve_with`]).
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +179,8 @@ pub struct ServerLimits {
     pub drain_timeout: Duration,
     /// [`MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// [`PEER_BODY_BUDGET_KIB`].
+    pub peer_budget_kib: usize,
 }
 
 impl Default for ServerLimits {
@@ -183,6 +192,7 @@ impl Default for ServerLimits {
             write_timeout: WRITE_TIMEOUT,
             drain_timeout: DRAIN_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
+            peer_budget_kib: PEER_BODY_BUDGET_KIB,
         }
     }
 }
@@ -212,7 +222,7 @@ where
         slots: Arc::new(Semaphore::new(max)),
         limits,
     };
-    let app = router_with(state, limits.body_timeout).into_make_service_with_connect_info::<Conn>();
+    let app = router_with(state, limits).into_make_service_with_connect_info::<Conn>();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -405,11 +415,12 @@ impl AsyncRead for GuardedIo {
         match Pin::new(&mut me.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if !me.head_started && buf.filled().len() > before {
+                    // A head has its own HEADER_TIMEOUT from its first
+                    // byte, however late in the idle time it starts.
                     me.head_started = true;
-                    let due = Instant::now() + me.limits.header_timeout;
-                    if due < me.deadline.deadline() {
-                        me.deadline.as_mut().reset(due);
-                    }
+                    me.deadline
+                        .as_mut()
+                        .reset(Instant::now() + me.limits.header_timeout);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -526,7 +537,7 @@ async fn admit(
         Ok(n) => n,
         Err(m) => return Err(error(StatusCode::BAD_REQUEST, "bad_body", m)),
     };
-    let mut permit = None;
+    let mut budget = None;
     let limit = if route == "peer" {
         if g.app.peers.is_empty() {
             return Err(error(
@@ -535,24 +546,8 @@ async fn admit(
                 "this vault is not a node of a replicated realm".into(),
             ));
         }
-        let max = crate::peer::MAX_MESSAGE;
-        if declared.is_some_and(|n| n > max) {
-            return Err(too_large(max));
-        }
-        let kib = declared.unwrap_or(max).div_ceil(KIB).max(1);
-        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
-        let wait = g.peer_budget.clone().acquire_many_owned(kib);
-        match tokio::time::timeout(g.body_timeout, wait).await {
-            Ok(Ok(p)) => permit = Some(p),
-            _ => {
-                return Err(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "too many peer messages in progress; retry".into(),
-                ))
-            }
-        }
-        max
+        budget = Some(&g.peer_budget);
+        crate::peer::MAX_MESSAGE
     } else {
         MAX_FRAME_LEN
     };
@@ -560,7 +555,7 @@ async fn admit(
         return Err(too_large(limit));
     }
     let (parts, body) = req.into_parts();
-    let bytes = read_body(body, limit, declared, g.body_timeout).await?;
+    let (bytes, permit) = read_body(body, limit, declared, g.body_timeout, budget).await?;
     Ok((Request::from_parts(parts, Body::from(bytes)), permit))
 }
 
@@ -586,22 +581,59 @@ fn too_large(limit: usize) -> Response {
     )
 }
 
-/// Reads a body of at most `limit` bytes within `timeout`.
+/// Reads a body of at most `limit` bytes within `timeout`. With a `budget`
+/// (KiB permits), the bytes held take their share of it as they arrive, and
+/// a body that finds it full is refused at once; the permits come back with
+/// the bytes, to hold until they are handled.
 async fn read_body(
     mut body: Body,
     limit: usize,
     declared: Option<usize>,
     timeout: Duration,
-) -> Result<Bytes, Response> {
+    budget: Option<&Arc<Semaphore>>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Response> {
     let read = async {
-        let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+        // Without a budget the limit is small (a frame): reserve it whole.
+        let reserve = if budget.is_some() {
+            0
+        } else {
+            declared.unwrap_or(0).min(limit)
+        };
+        let mut buf = Vec::with_capacity(reserve);
+        let mut held: Option<OwnedSemaphorePermit> = None;
         loop {
             match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                None => return Ok(Bytes::from(buf)),
+                None => return Ok((Bytes::from(buf), held)),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if buf.len().saturating_add(data.len()) > limit {
                             return Err(too_large(limit));
+                        }
+                        if let Some(b) = budget {
+                            // Twice the bytes: the buffer may reallocate
+                            // while it grows, and the message is decoded
+                            // from it.
+                            let want = 2
+                                * (buf.len() + data.len())
+                                    .saturating_sub(PEER_FREE_BYTES)
+                                    .div_ceil(KIB);
+                            let have = held.as_ref().map_or(0, |p| p.num_permits());
+                            if want > have {
+                                let more = u32::try_from(want - have).unwrap_or(u32::MAX);
+                                match b.clone().try_acquire_many_owned(more) {
+                                    Ok(p) => match held.as_mut() {
+                                        Some(h) => h.merge(p),
+                                        None => held = Some(p),
+                                    },
+                                    Err(_) => {
+                                        return Err(error(
+                                            StatusCode::SERVICE_UNAVAILABLE,
+                                            "unavailable",
+                                            "the peer messages in progress hold this node's memory budget; retry".into(),
+                                        ))
+                                    }
+                                }
+                            }
                         }
                         buf.extend_from_slice(&data);
                     }

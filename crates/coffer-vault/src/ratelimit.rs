@@ -101,12 +101,12 @@ impl RateLimiter {
             let full_after = l.user_burst / (l.user_per_minute / 60.0);
             u.retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() < full_after);
         }
-        let ub = u
-            .entry((tenant.to_string(), user.to_string()))
-            .or_insert(Bucket {
-                tokens: l.user_burst,
-                at: now,
-            });
+        let key = (tenant.to_string(), user.to_string());
+        let new_user = !u.contains_key(&key);
+        let ub = u.entry(key.clone()).or_insert(Bucket {
+            tokens: l.user_burst,
+            at: now,
+        });
         ub.take(now, l.user_per_minute / 60.0, l.user_burst)
             .map_err(|ms| (Scope::User, ms))?;
         // Lock order: users, then tenants (the only place both are held).
@@ -116,7 +116,13 @@ impl RateLimiter {
             at: now,
         });
         if let Err(ms) = tb.take(now, l.tenant_per_second, l.tenant_burst) {
-            ub.tokens = (ub.tokens + 1.0).min(l.user_burst);
+            if new_user {
+                // Refused before it counted: a tenant over its limit does
+                // not grow the table with every new user id it sends.
+                u.remove(&key);
+            } else {
+                ub.tokens = (ub.tokens + 1.0).min(l.user_burst);
+            }
             return Err((Scope::Tenant, ms));
         }
         Ok(())
@@ -177,7 +183,19 @@ mod tests {
             assert!(r.check("app", &format!("u{i}")).is_ok(), "u{i}");
         }
         assert_eq!(r.check("app", "late").unwrap_err().0, Scope::Tenant);
+        // Refused by the tenant's limit, a new user id is not tracked.
+        let tracked = r.users.lock().unwrap().len();
+        for i in 0..100 {
+            assert!(r.check("app", &format!("n{i}")).is_err());
+        }
+        assert_eq!(r.users.lock().unwrap().len(), tracked);
         // Refused by the tenant: the user's token came back.
         assert_eq!(r.check("app", "late").unwrap_err().0, Scope::Tenant);
+        // Refused by the tenant's limit, a new user id is not tracked.
+        let tracked = r.users.lock().unwrap().len();
+        for i in 0..100 {
+            assert!(r.check("app", &format!("n{i}")).is_err());
+        }
+        assert_eq!(r.users.lock().unwrap().len(), tracked);
     }
 }
