@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::format::object;
 use crate::format::pack::pack_name;
 use crate::format::types::{encode, Condemned, IndexFile, IndexPack, NodeKind, Snapshot};
 use crate::format::Kind;
@@ -247,7 +246,7 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
             index_files: Vec::new(),
             live_sessions: before,
         };
-        put_record(repo, &rid, &rec)?;
+        repo.write_object(Kind::Condemned, "condemned/", &rid, encode(&rec))?;
         let after = live_sessions(repo, hostname)?;
         let extra: Vec<String> = after
             .into_iter()
@@ -256,7 +255,7 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
         if !extra.is_empty() {
             rec.live_sessions.extend(extra);
             // The same id again: `put_record` seals it under a new nonce.
-            put_record(repo, &rid, &rec)?;
+            repo.write_object(Kind::Condemned, "condemned/", &rid, encode(&rec))?;
         }
         if rec.live_sessions.is_empty() && grace.is_zero() {
             ripe.extend(fresh.iter().copied());
@@ -312,17 +311,6 @@ pub fn prune(repo: &mut Repository, hostname: &str) -> Result<PruneSummary> {
         .remove_stale_temporaries(std::time::Duration::from_secs(3600))?;
     repo.refresh()?;
     Ok(summary)
-}
-
-/// Seals and writes `condemned/<id>`, with a fresh nonce at every call (a
-/// record is rewritten when sessions show up after it was first written).
-/// Through [`object::try_seal`], so a failing OS random number generator is
-/// an error here, not a panic.
-fn put_record(repo: &Repository, rid: &Id, rec: &Condemned) -> Result<()> {
-    let bytes = object::try_seal(repo.keys(), Kind::Condemned, rid, encode(rec))?;
-    repo.store()
-        .put(&format!("condemned/{}", rid.to_hex()), &bytes)?;
-    Ok(())
 }
 
 fn delete_packs(
@@ -574,10 +562,12 @@ mod tests {
             index_files: Vec::new(),
             live_sessions: vec!["locks/aa".into()],
         };
-        put_record(&repo, &rid, &rec).unwrap();
+        repo.write_object(Kind::Condemned, "condemned/", &rid, encode(&rec))
+            .unwrap();
         let first = store.get(&name).unwrap();
         rec.live_sessions.push("locks/bb".into());
-        put_record(&repo, &rid, &rec).unwrap();
+        repo.write_object(Kind::Condemned, "condemned/", &rid, encode(&rec))
+            .unwrap();
         let second = store.get(&name).unwrap();
         assert_ne!(first[6..18], second[6..18]);
         let records = repo.condemned_records().unwrap();

@@ -485,7 +485,7 @@ impl Repository {
         id: &Id,
         plaintext: Vec<u8>,
     ) -> Result<u64> {
-        let bytes = object::seal(&self.keys, kind, id, plaintext);
+        let bytes = object::try_seal(&self.keys, kind, id, plaintext)?;
         self.store
             .put(&format!("{prefix}{}", id.to_hex()), &bytes)?;
         Ok(bytes.len() as u64)

@@ -71,7 +71,7 @@ impl Session {
             id: Id::random()?,
             info,
         };
-        put_session(repo, &s.id, &s.info)?;
+        repo.write_object(Kind::Lock, "locks/", &s.id, encode(&s.info))?;
         Ok(s)
     }
 
@@ -79,7 +79,7 @@ impl Session {
     pub fn refresh(&self, repo: &Repository) {
         let mut info = self.info.clone();
         info.refreshed_ns = now_ns();
-        if let Err(e) = put_session(repo, &self.id, &info) {
+        if let Err(e) = repo.write_object(Kind::Lock, "locks/", &self.id, encode(&info)) {
             tracing::warn!("could not refresh the backup session: {e}");
         }
     }
@@ -95,22 +95,13 @@ impl Session {
                 refreshed_ns: now_ns(),
                 ..self.info
             };
-            match put_session(repo, &self.id, &ended) {
+            match repo.write_object(Kind::Lock, "locks/", &self.id, encode(&ended)) {
                 Ok(_) => return,
                 Err(e) => tracing::warn!("could not mark the backup session as ended: {e}"),
             }
         }
         let _ = repo.store.delete(&name);
     }
-}
-
-/// Seals and writes `locks/<id>`, with a fresh nonce at every call (the id
-/// is rewritten). Through [`object::try_seal`], so a failing OS random
-/// number generator is an error here, not a panic.
-fn put_session(repo: &Repository, id: &Id, info: &SessionInfo) -> Result<()> {
-    let bytes = object::try_seal(repo.keys(), Kind::Lock, id, encode(info))?;
-    repo.store.put(&format!("locks/{}", id.to_hex()), &bytes)?;
-    Ok(())
 }
 
 /// The pid of a session marked as ended (no process has pid 0).
